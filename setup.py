@@ -1,0 +1,56 @@
+"""pip install for the ROS-free part (model core, training, evaluation, benchmark, weights CLI).
+
+ROS 2 users build this folder with colcon instead (package.xml / CMakeLists.txt), which also
+generates the messages. The version is read from package.xml so the two can never disagree.
+"""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+VERSION = re.search(r"<version>([^<]+)</version>", (HERE / "package.xml").read_text()).group(1)
+
+setup(
+    name="talk2sam_ros",
+    version=VERSION,
+    description="Talk2SAM: text-prompted thin-object segmentation (CLIP + Talk2DINO + SAM-HQ)",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["talk2sam_ros", "talk2sam_ros.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "timm>=1.0",
+        "open_clip_torch>=2.24",
+        "segment-anything-hq>=0.3",
+        "numpy<2.3",  # cv_bridge from PyPI breaks on numpy>=2.3 (tostring)
+        "opencv-python-headless>=4.8,<5",
+        "scikit-image>=0.22",
+        "scipy",
+        "tqdm",
+        "matplotlib",
+        "pooch>=1.8",
+        "requests",
+        "pyyaml",
+    ],
+    extras_require={
+        "speech": ["pocketsphinx>=5.0"],
+        "ros": ["cv-bridge==1.13.0.post0"],
+        "test": ["pytest"],
+    },
+    entry_points={
+        "console_scripts": [
+            "talk2sam_node = talk2sam_ros.node:main",
+            "talk2sam_speech = talk2sam_ros.speech.node:main",
+            "talk2sam-say-to-prompt = talk2sam_ros.speech.cli:main",
+            "talk2sam-train = talk2sam_ros.training.train:main",
+            "talk2sam-eval = talk2sam_ros.training.evaluate:main",
+            "talk2sam-demo = talk2sam_ros.demo:main",
+            "talk2sam-weights = talk2sam_ros.weights:main",
+            "talk2sam-bench = talk2sam_ros.bench:main",
+        ],
+    },
+)
