@@ -135,6 +135,8 @@ DEFAULT_FILES: tuple[WeightFile, ...] = (
 # Preset -> part -> registry name ("tiny" uses random frozen encoders and needs no files).
 DEFAULT_PRESETS: dict[str, dict[str, str]] = {
     "tiny": {},
+    "t": {"sam_hq": "sam_hq_vit_tiny", "dinov2": "dinov2_vitb14_reg4",
+          "clip": "clip_vit_b16_openai", "projection": "talk2dino_vitb"},
     "b": {"sam_hq": "sam_hq_vit_b", "dinov2": "dinov2_vitb14_reg4",
           "clip": "clip_vit_b16_openai", "projection": "talk2dino_vitb"},
     "l": {"sam_hq": "sam_hq_vit_l", "dinov2": "dinov2_vitl14_reg4",
@@ -608,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "list":
             s.add_argument("names", nargs="*", help="registry names or filenames ('all')")
     d = sub.choices["download"]
-    d.add_argument("--preset", help="add every file this preset needs (b, l, h)")
+    d.add_argument("--preset", help="add every file this preset needs (t, b, l, h)")
     d.add_argument("--retries", type=int, default=4, help="retries per file (default 4)")
     d.add_argument("--backoff", type=float, default=1.0, help="first retry wait, s (doubles)")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

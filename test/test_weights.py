@@ -332,7 +332,7 @@ def test_resolve_paths_and_errors(tmp_path):
 def test_builtin_registry_is_consistent():
     reg = W.load_registry()
     assert set(reg.presets) >= {"tiny", "b", "l", "h"} and reg.presets["tiny"] == {}
-    for preset in ("b", "l", "h"):
+    for preset in ("t", "b", "l", "h"):
         assert set(reg.presets[preset]) == set(W.PARTS)
     for e in reg.files.values():
         assert urlparse(e.url).scheme == "https"
@@ -347,3 +347,19 @@ def test_bad_registry_file_is_reported(tmp_path):
                                                "part": "nope"}}}))
     with pytest.raises(W.WeightsError, match="part 'nope'"):
         W.load_registry(bad)
+
+
+def test_presets_match_the_model_configs():
+    """Each model preset with official weights maps to files of the same architecture."""
+    config = pytest.importorskip("talk2sam_ros.model.config")
+    reg = W.load_registry()
+    dino = {"vit_base_patch14_reg4_dinov2": ("dinov2_vitb14_reg4", "talk2dino_vitb"),
+            "vit_large_patch14_reg4_dinov2": ("dinov2_vitl14_reg4", "talk2dino_vitl")}
+    for name, cfg in config.PRESETS.items():
+        if cfg.sam.variant == "custom":
+            assert reg.presets[name] == {}
+            continue
+        files = reg.presets[name]
+        assert files["sam_hq"] == f"sam_hq_{cfg.sam.variant}"
+        assert (files["dinov2"], files["projection"]) == dino[cfg.dino.timm_name]
+        assert files["clip"] == "clip_vit_b16_openai" and "ViT-B-16" in cfg.clip.open_clip_name
