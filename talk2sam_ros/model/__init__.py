@@ -1,0 +1,23 @@
+"""Talk2SAM model core (plain PyTorch, no ROS): see docs/model.md."""
+from .build import build_talk2sam, load_trained_weights, save_trained_weights
+from .checkpoints import CHECKPOINT_PARTS, CheckpointError
+from .config import PRESETS, SUB_IMAGENET_TEMPLATES, ModelConfig, get_preset
+from .predictor import Prediction, Talk2SAMPredictor
+from .talk2sam import ForwardOutput, ImageFeatures, Talk2SAM
+
+__all__ = [
+    "CHECKPOINT_PARTS",
+    "CheckpointError",
+    "ForwardOutput",
+    "ImageFeatures",
+    "ModelConfig",
+    "PRESETS",
+    "Prediction",
+    "SUB_IMAGENET_TEMPLATES",
+    "Talk2SAM",
+    "Talk2SAMPredictor",
+    "build_talk2sam",
+    "get_preset",
+    "load_trained_weights",
+    "save_trained_weights",
+]
