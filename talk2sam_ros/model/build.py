@@ -17,7 +17,7 @@ from .config import ModelConfig, get_preset
 from .dino_backbone import DinoBackbone
 from .mask_prompt import MaskPromptEncoder
 from .projector import Talk2DINOProjection
-from .sam_hq import build_sam_hq, load_sam_hq_checkpoint
+from .sam_hq import build_sam_hq, load_sam_hq_checkpoint, use_sdpa_attention
 from .talk2sam import Talk2SAM
 from .text_encoder import CLIPTextEncoder
 
@@ -92,6 +92,8 @@ def build_talk2sam(preset: str | ModelConfig | None = "tiny",
     for frozen in (text_encoder, dino, sam.image_encoder):
         frozen.to(dtype)
     model.encoder_dtype = dtype
+    if config.sam_sdpa:
+        use_sdpa_attention(sam.image_encoder)
     if config.compile:
         dino.vit.compile()
         sam.image_encoder.compile()

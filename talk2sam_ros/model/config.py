@@ -41,6 +41,7 @@ class SamConfig:
     iou_head_hidden_dim: int = 256
     image_size: int = 1024  # SAM geometry: 1024 input, 64x64 embedding, 256x256 mask input
     mask_in_chans: int = 16
+    use_rel_pos: bool = True  # official variants: True; the tiny preset skips it for speed
 
     def __post_init__(self) -> None:
         if self.variant not in SAM_VARIANTS:
@@ -105,6 +106,7 @@ class ModelConfig:
     text_box_min_cells: int = 2
     init_seed: int = 0  # fixed seed of the random weights (local generator, never global RNG)
     compile: bool = False  # torch.compile the frozen image encoders
+    sam_sdpa: bool = True  # SAM image-encoder attention through scaled_dot_product_attention
 
     def __post_init__(self) -> None:
         if self.similarity_mode not in SIMILARITY_MODES:
@@ -163,6 +165,7 @@ PRESETS: dict[str, ModelConfig] = {
         sam=SamConfig(
             "custom", embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,),
             prompt_dim=64, decoder_mlp_dim=256, decoder_heads=4, iou_head_hidden_dim=64,
+            use_rel_pos=False,
         ),
         dino=DinoConfig("vit_small_patch14_reg4_dinov2", embed_dim=64, depth=2, num_heads=2),
         clip=ClipConfig("ViT-B-16-quickgelu", width=64, layers=2, heads=2),
