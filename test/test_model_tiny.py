@@ -1,0 +1,259 @@
+"""Talk2SAM model core on the tiny preset: stage shapes and ranges, predictor contract, reuse,
+text-only mode, training path, trained-weights files and fixed-seed encoders."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from talk2sam_ros.model import (CheckpointError, Talk2SAMPredictor, build_talk2sam, get_preset,
+                                load_trained_weights, save_trained_weights)
+from talk2sam_ros.model import transforms as T
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_talk2sam("tiny")
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.ascontiguousarray(data.chelsea()[::2, ::2])  # 150 x 226, landscape
+
+
+@pytest.fixture(scope="module")
+def predictor(model, image):
+    pred = Talk2SAMPredictor(model, text_cache_size=4)
+    pred.set_image(image)
+    return pred
+
+
+def test_stage_shapes_and_ranges(model, image):
+    feats = model.encode_images([image])
+    assert feats.sam_embedding.shape == (1, 64, 64, 64)
+    assert feats.sam_interm.shape == (1, 64, 64, 64)
+    assert feats.dino_patches.shape == (1, 1024, 64)
+    assert feats.dino_attn.shape == (1, 2, 1024)
+    assert feats.input_sizes.tolist() == [[680, 1024]]
+    assert feats.original_sizes.tolist() == [[150, 226]]
+    clip = model.encode_texts(["cable", "fork"])
+    assert clip.shape == (2, 512) and torch.isfinite(clip).all()
+    text = model.project_text(clip)
+    assert text.shape == (2, 64)
+    assert torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-5)
+    out = model.forward_features(feats.select([0, 0]), ["cable", "fork"],
+                                 torch.tensor([[10.0, 10, 100, 120], [50, 5, 220, 140]]),
+                                 upsample=True)
+    assert out.cosine.shape == (2, 1, 32, 32)
+    assert out.cosine.abs().max() <= 1.0 + 1e-5
+    assert 0.0 <= out.similarity.min() and out.similarity.max() <= 1.0
+    assert out.mask_prompt.shape == (2, 1, 256, 256)
+    valid = T.prompt_valid_size((680, 1024))
+    assert valid == (170, 256)
+    assert torch.all(out.mask_prompt[:, :, valid[0]:, :] == 0)  # padding rows stay empty
+    assert out.mask_prompt[:, :, : valid[0]].abs().sum() > 0
+    assert out.low_res_logits.shape == (2, 1, 256, 256)
+    assert out.iou.shape == (2, 1)
+    assert out.logits[0].shape == (1, 150, 226)
+
+
+def test_predict_text_and_boxes(predictor, image):
+    res = predictor.predict("cat", [[10, 10, 120, 140], [100, 20, 220, 145]])
+    h, w = image.shape[:2]
+    assert res.masks.shape == (2, h, w) and res.masks.dtype == bool
+    assert res.logits.shape == (2, h, w) and res.logits.dtype == np.float32
+    assert res.low_res_logits.shape == (2, 256, 256)
+    assert res.scores.shape == (2,) and res.scores.dtype == np.float32
+    assert res.similarity.shape == (h, w) and res.similarity.dtype == np.float32
+    assert 0.0 <= res.similarity.min() and res.similarity.max() <= 1.0
+    assert res.boxes.shape == (2, 4) and not res.boxes_from_text
+    np.testing.assert_array_equal(res.masks, res.logits > 0)
+    assert {"text", "similarity", "mask_prompt", "prompt", "decode", "postprocess"} <= set(
+        res.timings)
+
+
+def test_similarity_responds_to_text(predictor):
+    a = predictor.predict("cable", [[10, 10, 120, 140]])
+    b = predictor.predict("a red umbrella", [[10, 10, 120, 140]])
+    assert np.abs(a.similarity - b.similarity).max() > 1e-3
+    assert np.abs(a.low_res_logits - b.low_res_logits).max() > 1e-4
+
+
+def test_text_only_mode_returns_masks_and_boxes(predictor, image):
+    res = predictor.predict("cat")
+    h, w = image.shape[:2]
+    assert res.boxes_from_text
+    assert 1 <= len(res.boxes) <= predictor.model.config.max_text_boxes
+    assert res.masks.shape == (len(res.boxes), h, w)
+    assert np.all(res.boxes[:, 0] >= 0) and np.all(res.boxes[:, 2] <= w)
+    assert np.all(res.boxes[:, 1] >= 0) and np.all(res.boxes[:, 3] <= h)
+    assert np.all(res.boxes[:, 2] > res.boxes[:, 0]) and np.all(res.boxes[:, 3] > res.boxes[:, 1])
+
+
+def test_box_only_mode_has_no_similarity(predictor):
+    res = predictor.predict(None, [5, 5, 100, 100])
+    assert res.similarity is None and res.masks.shape[0] == 1
+
+
+def test_reuse_runs_encoders_once_and_matches_from_scratch(model, image):
+    prompts = [("cat", [[10, 10, 120, 140]]), ("ear", [[60, 5, 200, 100], [0, 0, 80, 80]]),
+               (None, [[30, 30, 190, 140]]), ("cat", None)]
+    shared = Talk2SAMPredictor(model)
+    shared.set_image(image)
+    results = [shared.predict(t, b) for t, b in prompts]
+    assert shared.encode_count == 1
+    assert shared.text_encode_count == 2  # "cat" came from the text cache the second time
+    for (text, boxes), reused in zip(prompts, results):
+        fresh = Talk2SAMPredictor(model)
+        fresh.set_image(image)
+        alone = fresh.predict(text, boxes)
+        assert fresh.encode_count == 1
+        np.testing.assert_allclose(reused.logits, alone.logits, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(reused.scores, alone.scores, atol=1e-6, rtol=0)
+        np.testing.assert_array_equal(reused.boxes, alone.boxes)
+
+
+def test_text_cache_is_bounded(model, image):
+    pred = Talk2SAMPredictor(model, text_cache_size=2)
+    pred.set_image(image)
+    for word in ("a", "b", "c", "a"):
+        pred.predict(word, [[0, 0, 50, 50]])
+    assert len(pred._text_cache) == 2
+    assert pred.text_encode_count == 4  # "a" was evicted before its second use
+
+
+def test_bad_inputs_raise_clear_errors(model, image):
+    pred = Talk2SAMPredictor(model)
+    with pytest.raises(RuntimeError, match="no image set"):
+        pred.predict("cat", [[0, 0, 10, 10]])
+    with pytest.raises(ValueError, match="H x W x 3"):
+        pred.set_image(np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        pred.set_image(np.zeros((10, 10, 3), np.float32))
+    key = pred.set_image(image)
+    for boxes, match in (([[0, 0, 10]], "shape"), ([[0, np.nan, 10, 10]], "NaN"),
+                         ([[50, 50, 10, 10]], "inverted"), (np.zeros((0, 4)), "shape")):
+        with pytest.raises(ValueError, match=match):
+            pred.predict("cat", boxes)
+    with pytest.raises(ValueError, match="text"):
+        pred.predict("  ", [[0, 0, 10, 10]])
+    with pytest.raises(ValueError, match="needs a text"):
+        pred.predict(None, None)
+    pred.predict("cat", [[0, 0, 10, 10]], frame_key=key)
+    pred.set_image(image)
+    with pytest.raises(RuntimeError, match="stale frame"):
+        pred.predict("cat", [[0, 0, 10, 10]], frame_key=key)
+    pred.reset_image()
+    with pytest.raises(RuntimeError, match="no image set"):
+        pred.predict(None, [[0, 0, 10, 10]])
+
+
+def test_training_path_grads_only_into_trainable_parts(model, image):
+    feats = model.encode_images([image, image[:, ::-1].copy()])
+    model.train()
+    try:
+        model.zero_grad(set_to_none=True)
+        out = model.forward_features(feats, ["cat", "ear"],
+                                     torch.tensor([[10.0, 10, 120, 140], [0, 0, 200, 149]]))
+        (out.low_res_logits.mean() + out.iou.mean()).backward()
+    finally:
+        model.eval()
+    trainable = {n for n, _ in model.named_trainable_parameters()}
+    assert any(n.startswith("projection.") for n in trainable)
+    assert any(n.startswith("mask_prompt.") for n in trainable)
+    assert any("hf_token" in n for n in trainable)
+    for name, param in model.named_parameters():
+        if name in trainable:
+            assert param.requires_grad
+        else:
+            assert param.grad is None and not param.requires_grad, name
+    assert model.projection.linear_layer.weight.grad.abs().sum() > 0
+    assert model.mask_prompt.mask_downscaling[0].weight.grad.abs().sum() > 0
+    assert model.sam.mask_decoder.compress_vit_feat[0].weight.grad.abs().sum() > 0
+    counts = model.parameter_counts()
+    assert 0 < counts["trainable"] < counts["total"]
+    assert counts["trainable"] == sum(p.numel() for p in model.trainable_parameters())
+    model.zero_grad(set_to_none=True)
+
+
+def test_encode_images_matches_predictor_cache(model, image):
+    feats = model.encode_images([image])
+    pred = Talk2SAMPredictor(model)
+    pred.set_image(image)
+    out = model.forward_features(feats, ["cat"], torch.tensor([[10.0, 10, 120, 140]]))
+    res = pred.predict("cat", [[10, 10, 120, 140]])
+    np.testing.assert_allclose(out.low_res_logits[0, 0].detach().numpy(), res.low_res_logits[0],
+                               atol=1e-5, rtol=0)
+
+
+def test_trained_weights_round_trip(model, tmp_path, image):
+    path = tmp_path / "head.pt"
+    other = build_talk2sam("tiny")
+    with torch.no_grad():
+        for p in other.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    save_trained_weights(other, path, extra={"epoch": 3})
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic write left no temporary file
+    fresh = build_talk2sam("tiny")
+    meta = load_trained_weights(fresh, path)
+    assert meta == {"epoch": 3}
+    for key, value in other.trainable_state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    loaded = build_talk2sam("tiny", checkpoints={"talk2sam": path})
+    for key, value in other.trainable_state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert build_talk2sam(None, checkpoints={"talk2sam": path}).config == other.config
+
+
+def test_trained_weights_errors(tmp_path):
+    model = build_talk2sam("tiny")
+    path = tmp_path / "head.pt"
+    save_trained_weights(model, path)
+    seeded_differently = build_talk2sam(get_preset("tiny").replace(init_seed=1))
+    with pytest.raises(CheckpointError, match="different frozen encoders"):
+        load_trained_weights(seeded_differently, path)
+    other_arch = build_talk2sam(get_preset("tiny").replace(train_full_decoder=True))
+    with pytest.raises(CheckpointError, match="train_full_decoder"):
+        load_trained_weights(other_arch, path)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_trained_weights(model, bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_trained_weights(model, tmp_path / "missing.pt")
+    torch.save({"x": torch.zeros(1)}, bad)
+    with pytest.raises(CheckpointError, match="not a Talk2SAM"):
+        load_trained_weights(model, bad)
+
+
+def test_tiny_encoders_identical_across_builds_and_processes(model):
+    again = build_talk2sam("tiny")
+    assert again.encoder_fingerprint == model.encoder_fingerprint
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    code = ("import torch; torch.manual_seed(123); from talk2sam_ros.model import build_talk2sam;"
+            "print(build_talk2sam('tiny').encoder_fingerprint)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True)
+    assert out.stdout.strip().splitlines()[-1] == model.encoder_fingerprint
+
+
+def test_build_does_not_touch_global_rng():
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    build_talk2sam("tiny")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_build_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_talk2sam("xl")
+    with pytest.raises(ValueError, match="unknown checkpoint parts"):
+        build_talk2sam("tiny", checkpoints={"sam": "x.pth"})
+    with pytest.raises(ValueError, match="dtype"):
+        build_talk2sam("tiny", dtype=torch.int8)
