@@ -1,0 +1,100 @@
+"""Start talk2sam_node (configured and activated by itself), optionally rviz2 and speech input.
+
+    ros2 launch talk2sam_ros segment.launch.py image_topic:=/camera/color/image_raw
+    ros2 launch talk2sam_ros segment.launch.py preset:=tiny use_rviz:=false   # no weight files
+    ros2 launch talk2sam_ros segment.launch.py params_file:=/path/my_talk2sam.yaml namespace:=arm
+
+Node parameters come from `params_file` (default: the installed config/talk2sam.yaml); the
+preset/device/checkpoint arguments override it only when given (empty = keep the file's value).
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = "talk2sam_ros"
+NODE_NAME = "talk2sam"
+
+# (name, default, description) of every launch argument.
+ARGUMENTS = [
+    ("namespace", "", "Namespace of the nodes (and of their relative topics)."),
+    ("params_file", "", "Node parameters YAML; empty = the installed config/talk2sam.yaml."),
+    ("image_topic", "", "Camera image topic remapped onto the node's `image` input "
+     "(e.g. /camera/color/image_raw); empty = `image`."),
+    ("prompt_topic", "", "TextBoxPrompt topic remapped onto `prompt`; empty = `prompt`."),
+    ("category_topic", "", "std_msgs/String text-only prompt topic remapped onto `category`; "
+     "empty = `category`."),
+    ("preset", "", "Model preset tiny|t|b|l|h; empty = the params file's value "
+     "(tiny runs without weight files)."),
+    ("device", "", "Torch device auto|cpu|cuda|cuda:N; empty = the params file's value."),
+    ("checkpoint_sam_hq", "", "SAM-HQ checkpoint path or registry name; empty = params file."),
+    ("checkpoint_dinov2", "", "DINOv2 (registers) checkpoint path or registry name; "
+     "empty = params file."),
+    ("checkpoint_clip", "", "CLIP ViT-B/16 checkpoint path or registry name; empty = params "
+     "file."),
+    ("checkpoint_projection", "", "Talk2DINO projection path or registry name; empty = params "
+     "file."),
+    ("checkpoint_talk2sam", "", "Trained Talk2SAM head (talk2sam-train output); empty = params "
+     "file."),
+    ("use_rviz", "true", "Start rviz2 with config/talk2sam.rviz (image, overlay, "
+     "similarity_color, mask)."),
+    ("use_speech", "false", "Start talk2sam_speech (offline speech -> `category`) with "
+     "params_file."),
+    ("log_level", "info", "Log level of the nodes (debug, info, warn, error)."),
+]
+# Launch argument -> node parameter it overrides (string parameters, applied when non-empty).
+PARAM_ARGS = {
+    "preset": "preset",
+    "device": "device",
+    "checkpoint_sam_hq": "checkpoint_sam_hq",
+    "checkpoint_dinov2": "checkpoint_dinov2",
+    "checkpoint_clip": "checkpoint_clip",
+    "checkpoint_projection": "checkpoint_projection",
+    "checkpoint_talk2sam": "checkpoint_talk2sam",
+}
+# Launch argument -> the node's relative topic name it remaps (when non-empty).
+REMAP_ARGS = {"image_topic": "image", "prompt_topic": "prompt", "category_topic": "category"}
+# Arguments used by the launch file itself.
+LAUNCH_ARGS = ("namespace", "params_file", "use_rviz", "use_speech", "log_level")
+
+
+def _true(value: str) -> bool:
+    return value.strip().lower() in ("true", "1", "yes", "on")
+
+
+def _setup(context, *args, **kwargs):
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context).strip()
+
+    share = get_package_share_directory(PACKAGE)
+    params_file = arg("params_file") or os.path.join(share, "config", "talk2sam.yaml")
+    overrides = {param: arg(name) for name, param in PARAM_ARGS.items() if arg(name)}
+    remaps = [(topic, arg(name)) for name, topic in REMAP_ARGS.items() if arg(name)]
+    namespace = arg("namespace")
+    ros_args = ["--ros-args", "--log-level", arg("log_level")]
+    actions = [Node(package=PACKAGE, executable="talk2sam_node", name=NODE_NAME,
+                    namespace=namespace, parameters=[params_file, overrides],
+                    remappings=remaps, arguments=ros_args, output="screen", emulate_tty=True)]
+    if _true(arg("use_rviz")):
+        # The rviz config uses relative topics, so rviz runs in the same namespace and with
+        # the same `image` remapping as the node.
+        actions.append(Node(package="rviz2", executable="rviz2", name="talk2sam_rviz",
+                            namespace=namespace, remappings=remaps, output="screen",
+                            arguments=["-d", os.path.join(share, "config", "talk2sam.rviz")]))
+    if _true(arg("use_speech")):
+        actions.append(Node(package=PACKAGE, executable="talk2sam_speech",
+                            name="talk2sam_speech", namespace=namespace,
+                            parameters=[params_file], arguments=ros_args,
+                            remappings=[r for r in remaps if r[0] == "category"],
+                            output="screen", emulate_tty=True))
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    return LaunchDescription(
+        [DeclareLaunchArgument(name, default_value=default, description=description)
+         for name, default, description in ARGUMENTS]
+        + [OpaqueFunction(function=_setup)])
