@@ -89,17 +89,18 @@ class Talk2SAMPredictor:
     def set_image(self, image: np.ndarray) -> str:
         """Encode an RGB uint8 H x W x 3 image once; returns the new frame key."""
         model = self.model
+        dev = model.device
         timings: dict[str, float] = {}
         image = T.check_rgb(image)
-        with _timer(timings, "preprocess"):
+        with _timer(timings, "preprocess", dev):
             sam_in, input_size = T.sam_preprocess(image, model.device, model.encoder_dtype)
             dino_in = T.dino_preprocess(image, model.config.dino.img_size, model.device,
                                         model.encoder_dtype)
-        with _timer(timings, "sam_encode"):
+        with _timer(timings, "sam_encode", dev):
             emb, interm0 = model.encode_sam(sam_in)
-        with _timer(timings, "dino_encode"):
+        with _timer(timings, "dino_encode", dev):
             patches, attn = model.encode_dino(dino_in)
-        with _timer(timings, "frame_cache"):
+        with _timer(timings, "frame_cache", dev):
             hq_feats = model.hq_features(emb, interm0)
             patches_n = l2_normalize(patches)
             head_emb = head_embeddings(patches, attn)
@@ -171,21 +172,21 @@ class Talk2SAMPredictor:
         dense = None
         from_text = False
         if text is not None:
-            with _timer(timings, "text"):
+            with _timer(timings, "text", dev):
                 proj = model.project_text(self.text_embedding(text).to(dev))
-            with _timer(timings, "similarity"):
+            with _timer(timings, "similarity", dev):
                 cos, _ = model.cosine_grid(proj, frame.patches_n, frame.head_emb, frame.attn)
                 unit_grid = cosine_to_unit(cos)
                 similarity = T.grid_to_source(unit_grid, frame.original_size)[0, 0]
             if boxes_np is None:
-                with _timer(timings, "text_boxes"):
+                with _timer(timings, "text_boxes", dev):
                     boxes_np = self._boxes_from_grid(unit_grid[0, 0].cpu().numpy(),
                                                      frame.original_size)
                 from_text = True
-            with _timer(timings, "mask_prompt"):
+            with _timer(timings, "mask_prompt", dev):
                 dense = model.mask_prompt(model.mask_prompt.to_prompt(cos, [frame.input_size]))
         assert boxes_np is not None
-        with _timer(timings, "prompt"):
+        with _timer(timings, "prompt", dev):
             boxes_sam = T.boxes_to_sam(boxes_np, frame.original_size, dev)
             sparse, no_mask = model.box_prompt(boxes_sam)
             if dense is None:
@@ -193,10 +194,10 @@ class Talk2SAMPredictor:
                 if mask_input is not None:
                     dense = model.sam.prompt_encoder._embed_masks(
                         _check_mask_input(mask_input, dev))
-        with _timer(timings, "decode"):
+        with _timer(timings, "decode", dev):
             low_res, iou = model.decode(frame.embedding, frame.hq_feats, sparse, dense,
                                         multimask_output, hq_token_only)
-        with _timer(timings, "postprocess"):
+        with _timer(timings, "postprocess", dev):
             logits = T.low_res_to_source(low_res, frame.input_size, frame.original_size)[:, 0]
             logits_np = logits.float().cpu().numpy()
             result = Prediction(
@@ -234,9 +235,16 @@ def _check_mask_input(mask_input: np.ndarray, device: torch.device) -> torch.Ten
 
 
 @contextmanager
-def _timer(timings: dict[str, float], name: str) -> Iterator[None]:
+def _timer(timings: dict[str, float], name: str, device: torch.device | None = None
+           ) -> Iterator[None]:
+    """Add the wall time of the block to timings[name] (ms); syncs CUDA so GPU work counts."""
+    sync = device is not None and device.type == "cuda"
+    if sync:
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     try:
         yield
     finally:
+        if sync:
+            torch.cuda.synchronize(device)
         timings[name] = timings.get(name, 0.0) + (time.perf_counter() - start) * 1e3
