@@ -257,3 +257,29 @@ def test_build_rejects_bad_arguments():
         build_talk2sam("tiny", checkpoints={"sam": "x.pth"})
     with pytest.raises(ValueError, match="dtype"):
         build_talk2sam("tiny", dtype=torch.int8)
+
+
+def test_bfloat16_encoders_close_to_float32(predictor, image):
+    model = build_talk2sam("tiny", dtype=torch.bfloat16)
+    assert model.encoder_fingerprint == predictor.model.encoder_fingerprint
+    assert model.sam.image_encoder.patch_embed.proj.weight.dtype == torch.bfloat16
+    assert model.mask_prompt.scale.dtype == torch.float32  # head and similarity stay fp32
+    pred = Talk2SAMPredictor(model)
+    pred.set_image(image)
+    res = pred.predict("cat", [[10, 10, 120, 140]])
+    ref = predictor.predict("cat", [[10, 10, 120, 140]])
+    assert res.logits.dtype == np.float32 and res.similarity.dtype == np.float32
+    assert np.abs(res.similarity - ref.similarity).max() < 0.02
+    assert (res.masks == ref.masks).mean() > 0.95
+
+
+def test_attention_max_mode(image):
+    model = build_talk2sam(get_preset("tiny").replace(similarity_mode="attention_max"))
+    feats = model.encode_images([image])
+    out = model.forward_features(feats.select([0, 0]), ["cat", "ear"],
+                                 torch.tensor([[10.0, 10, 120, 140]] * 2))
+    assert out.cosine.shape == (2, 1, 32, 32) and out.cosine.abs().max() <= 1 + 1e-5
+    assert out.global_score.shape == (2,)
+    assert not torch.allclose(out.cosine[0], out.cosine[1])
+    out.global_score.sum().backward()
+    assert model.projection.linear_layer.weight.grad.abs().sum() > 0
