@@ -113,6 +113,18 @@ def test_clip_text_tower_and_encode_text(files, loaded):
                           atol=1e-5)
 
 
+def test_clip_openai_torchscript_archive(files, tmp_path):
+    """OpenAI's ViT-B-16.pt is a TorchScript archive with open_clip's key names."""
+    clip = files["clip"]
+    example = (torch.zeros(1, 3, 32, 32), torch.zeros(1, 77, dtype=torch.long))
+    traced = torch.jit.trace(clip, example, check_trace=False, strict=False)
+    traced.save(str(tmp_path / "ViT-B-16.pt"))
+    model = build_talk2sam("tiny")
+    model.text_encoder.load_checkpoint(tmp_path / "ViT-B-16.pt")
+    for key, value in model.text_encoder.tower.state_dict().items():
+        assert torch.equal(value, files["clip_state"][key]), key
+
+
 def test_projection_legacy_keys(files, loaded):
     proj = loaded.projection
     assert torch.equal(proj.linear_layer.weight, files["proj"]["linear_layer.weight"])
@@ -148,7 +160,8 @@ def test_corrupt_truncated_and_mismatched_files(files, loaded, tmp_path):
         load_sam_hq_checkpoint(loaded.sam, plain)
     # wrong projection width (a ViT-B file for a 64-wide DINO)
     wide = tmp_path / "vitb_mlp_infonce.pth"
-    torch.save({"linear_layer.weight": torch.zeros(768, 512), "linear_layer.bias": torch.zeros(768),
+    torch.save({"linear_layer.weight": torch.zeros(768, 512),
+                "linear_layer.bias": torch.zeros(768),
                 "hidden_layers.0.weight": torch.zeros(768, 768),
                 "hidden_layers.0.bias": torch.zeros(768)}, wide)
     with pytest.raises(CheckpointError, match="shape mismatch"):

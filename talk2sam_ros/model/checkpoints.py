@@ -43,6 +43,8 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
                 f"{what}: cannot read {path} ({type(exc).__name__}: {exc}); expected a "
                 "PyTorch state dict (.pth/.pt/.bin) or .safetensors file (corrupt or truncated?)"
             ) from exc
+    if isinstance(data, torch.jit.ScriptModule):  # torch.load may dispatch to torch.jit.load
+        data = dict(data.state_dict())
     if isinstance(data, Mapping) and len(data) <= 3:
         for key in ("model", "state_dict", "module"):
             if key in data and isinstance(data[key], Mapping):

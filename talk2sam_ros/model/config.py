@@ -45,7 +45,8 @@ class SamConfig:
 
     def __post_init__(self) -> None:
         if self.variant not in SAM_VARIANTS:
-            raise ValueError(f"unknown SAM variant {self.variant!r}; expected one of {SAM_VARIANTS}")
+            raise ValueError(
+                f"unknown SAM variant {self.variant!r}; expected one of {SAM_VARIANTS}")
         object.__setattr__(self, "global_attn_indexes", tuple(self.global_attn_indexes))
         if self.image_size != 1024:
             raise ValueError("SAM image_size must be 1024 (64x64 embedding, 256x256 mask input)")
