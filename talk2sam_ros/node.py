@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
+import re
 import threading
 import time
 from collections import deque
@@ -90,6 +92,30 @@ class Counters:
         values["inputs_rejected"] = (values["images_rejected"] + values["prompts_rejected"]
                                      + values["frames_rejected"])
         return values
+
+
+class Throttle:
+    """Allows an event per key once per `period` seconds (thread-safe, bounded memory)."""
+
+    def __init__(self, period: float, max_keys: int = 256) -> None:
+        self.period, self.max_keys = period, max_keys
+        self._last: dict[Any, float] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: Any, now: float) -> bool:
+        with self._lock:
+            if now - self._last.get(key, -math.inf) < self.period:
+                return False
+            if len(self._last) >= self.max_keys:
+                self._last.clear()
+            self._last[key] = now
+            return True
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a rejection reason: its first words without numbers and quoted values."""
+    template = re.sub(r"\d+", "#", re.sub(r"'[^']*'", "''", reason))
+    return " ".join(template.split()[:3])
 
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
@@ -179,6 +205,7 @@ class Talk2SAMNode(LifecycleNode):
         self._diag_pub: Any = None
         self._diag_timer: Any = None
         self._counters = Counters()
+        self._throttle = Throttle(_LOG_PERIOD_S)
         # Shared with the worker, guarded by _cond.
         self._cond = threading.Condition()
         self._frames: deque[Frame] = deque(maxlen=8)
@@ -260,7 +287,8 @@ class Talk2SAMNode(LifecycleNode):
         image_qos = QoSProfile(depth=cfg.qos_depth, history=HistoryPolicy.KEEP_LAST,
                                reliability=_reliability(cfg.qos_reliability),
                                durability=DurabilityPolicy.VOLATILE)
-        prompt_qos = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
+        # Prompts are small commands: a deep reliable queue so bursts are not lost.
+        prompt_qos = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST,
                                 reliability=ReliabilityPolicy.RELIABLE)
         if cfg.image_transport == "compressed":
             topic = self.resolve_topic_name("image") + "/compressed"
@@ -378,9 +406,11 @@ class Talk2SAMNode(LifecycleNode):
             self._diag_pub = None
 
     # ------------------------------------------------------------------ callbacks
-    def _reject(self, counter: str, reason: str) -> None:
+    def _reject(self, counter: str, what: str, reason: str) -> None:
+        """Count a rejection and log it: one line per kind of reason and period."""
         self._counters.add(counter)
-        self.get_logger().warning(f"rejected: {reason}", throttle_duration_sec=_LOG_PERIOD_S)
+        if self._throttle.allow((counter, reason_kind(reason)), time.monotonic()):
+            self.get_logger().warning(f"rejected {what}: {reason}")
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self._counters.add("frames_received")
@@ -391,7 +421,7 @@ class Talk2SAMNode(LifecycleNode):
             else:
                 conv.check_image(msg, self._bridge)
         except conv.InputRejected as exc:
-            self._reject("images_rejected", str(exc))
+            self._reject("images_rejected", "image", str(exc))
             return
         with self._cond:
             self._seq += 1
@@ -413,7 +443,7 @@ class Talk2SAMNode(LifecycleNode):
             text = conv.clean_text(msg.text, cfg.max_text_length)
             boxes = conv.boxes_from_msg(msg.boxes, cfg.max_boxes)
         except conv.InputRejected as exc:
-            self._reject("prompts_rejected", f"prompt {msg.id}: {exc}")
+            self._reject("prompts_rejected", f"prompt {msg.id}", str(exc))
             return
         prompt = Prompt(int(msg.id), text, boxes, msg.header.frame_id) if text else None
         self._set_prompt(prompt, conv.stamp_key(msg.header))
@@ -425,7 +455,7 @@ class Talk2SAMNode(LifecycleNode):
         try:
             text = conv.clean_text(msg.data, cfg.max_text_length)
         except conv.InputRejected as exc:
-            self._reject("prompts_rejected", f"category: {exc}")
+            self._reject("prompts_rejected", "category", str(exc))
             return
         self._set_prompt(Prompt(CATEGORY_PROMPT_ID, text, None, "") if text else None, (0, 0))
 
@@ -495,7 +525,7 @@ class Talk2SAMNode(LifecycleNode):
         try:
             self._process(frame, prompt, cfg)
         except (conv.InputRejected, ValueError) as exc:
-            self._reject("frames_rejected", f"frame {_stamp_text(frame.header)}: {exc}")
+            self._reject("frames_rejected", f"frame {_stamp_text(frame.header)}", str(exc))
         except torch.cuda.OutOfMemoryError:
             self._counters.add("out_of_memory")
             self._encoded = None

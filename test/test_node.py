@@ -170,7 +170,8 @@ def test_rejected_inputs_are_counted_and_the_node_goes_on(ros):
     assert int(after["prompts_rejected"]) == int(before["prompts_rejected"]) + 1
     assert client.output("result", header, 10) is None
     log = ros.log.read_text()
-    assert "rejected: image encoding '32FC1' is not supported" in log
+    assert "rejected image: image encoding '32FC1' is not supported" in log
+    assert "rejected prompt 9: prompt has 3 box values, not a multiple of 4" in log
     client.publish_prompt(11, "person", boxes=PERSON_BOX, frame_id="camera_optical")
     header = client.publish_image(sample_picture())
     assert client.wait_output("result", header, 11) is not None, ros.log_tail()
@@ -197,3 +198,16 @@ def test_sigint_stops_the_node_cleanly(ros):
     assert stop(ros.proc, timeout=30) == 0, ros.log_tail()
     log = ros.log.read_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_rejection_logs_are_throttled_per_kind_of_reason():
+    from talk2sam_ros.node import Throttle, reason_kind
+
+    assert reason_kind("image encoding '🙂' is not supported") == \
+        reason_kind("image encoding 'yuv422' is not supported") == "image encoding ''"
+    assert reason_kind("empty image (0x2)") == reason_kind("empty image (5x0)")
+    assert reason_kind("step 20 < width") != reason_kind("data has 10 bytes")
+    throttle = Throttle(2.0, max_keys=3)
+    assert throttle.allow("a", 0.0) and not throttle.allow("a", 1.9) and throttle.allow("a", 2.0)
+    assert throttle.allow("b", 1.0) and throttle.allow("c", 1.0)
+    assert throttle.allow("d", 1.0)  # full: forgets old keys rather than growing
