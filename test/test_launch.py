@@ -155,3 +155,13 @@ def test_node_config_derived_settings():
     assert cfg.grasp.end_margin == 0.3
     assert set(cfg.model_overrides) <= {f.name for f in dataclasses.fields(
         __import__("talk2sam_ros.model", fromlist=["ModelConfig"]).ModelConfig)}
+
+
+def test_docs_tables_cover_every_parameter_topic_and_launch_argument(tree):
+    doc = (REPO / "docs" / "node.md").read_text()
+    for spec in PARAMS:
+        assert f"| `{spec.name}` |" in doc, spec.name
+    for topic in SUBSCRIPTIONS + PUBLICATIONS:
+        assert f"| `{topic}` |" in doc, topic
+    for name, _, _ in _module_constant(tree, "ARGUMENTS"):
+        assert f"`{name}`" in doc, name
