@@ -1,0 +1,293 @@
+"""TrainConfig: every training default in one frozen dataclass, overridden by a YAML file and
+then by ``--key=value`` command-line flags (type-checked; unknown keys are errors).
+
+Order of precedence: dataclass defaults < YAML file (``--config PATH`` or a preset name from
+``config/train/``) < CLI flags. Values on the CLI are parsed as YAML scalars/lists
+(``--train_sets=[a,b]`` or ``--train_sets=a,b``), then checked against the field's type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+OPTIMIZERS = ("sgd", "adamw", "adam")
+SCHEDULES = ("constant", "step", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOSSES = ("points", "dense")
+PRESET_NAMES = ("tiny", "t", "b", "l", "h")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training run settings. Defaults reproduce the Talk2SAM paper's recipe (section 3.1):
+    SGD, lr 1e-3, batch 4, 30 epochs, SAM-HQ's BCE + dice loss, ViT-H preset."""
+
+    # ---- data: dataset specs "kind:root[:split][?categories=CSV&exclude=LIST&limit=N]"
+    train_sets: tuple[str, ...] = ()
+    val_sets: tuple[str, ...] = ()
+    val_limit: int = 0  # evaluate at most this many validation images (0: all)
+    # synthetic data generated on the fly when train_sets is empty and synthetic_n > 0
+    synthetic_n: int = 0
+    synthetic_size: int = 256
+    synthetic_dir: str = ""  # default <out_dir>/synthetic
+    synthetic_distractors: float = 0.5  # probability of distractor objects per image
+    # ---- model
+    preset: str = "h"
+    # checkpoints: a file path or a talk2sam-weights registry name (e.g. sam_hq_vit_h);
+    # official_weights fills the empty ones from the talk2sam-weights cache for the preset
+    official_weights: bool = False
+    weights_dir: str = ""  # talk2sam-weights cache (default $TALK2SAM_WEIGHTS_DIR or ~/.cache)
+    sam_hq_checkpoint: str = ""
+    dinov2_checkpoint: str = ""
+    clip_checkpoint: str = ""
+    projection_checkpoint: str = ""  # official Talk2DINO projection as the starting point
+    init_weights: str = ""  # start from one of our trained-weights files
+    similarity_mode: str = ""  # "" keeps the preset's ("patch" | "attention_max")
+    tune_clip_projection: bool = False  # paper's "CLIP partial"; needs model support
+    # ---- optimisation
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    betas: tuple[float, ...] = (0.9, 0.999)
+    lr_schedule: str = "step"
+    lr_step_epochs: int = 10  # StepLR period (SAM-HQ: 10)
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0
+    epochs: int = 30
+    batch_size: int = 4  # per process
+    grad_accum: int = 1
+    grad_clip: float = 1.0  # max grad L2 norm, 0 disables
+    precision: str = "auto"  # auto: bf16 autocast on a bf16-capable GPU, fp32 on CPU
+    # ---- loss
+    loss: str = "points"  # SAM-HQ point-sampled BCE + dice, or dense at source resolution
+    num_points: int = 12544  # 112 x 112 as SAM-HQ
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    similarity_weight: float = 0.0  # BCE of the similarity map vs GT coverage (0: off)
+    # ---- augmentation (thin-structure safe; image-level ones are off with feature_cache)
+    hflip: float = 0.5
+    crop_prob: float = 0.0
+    crop_min: float = 0.6
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    noise_std: float = 0.0
+    box_jitter: float = 0.0
+    multi_box: bool = False
+    max_parts: int = 4
+    # ---- frozen-feature cache
+    feature_cache: bool = False
+    cache_dir: str = ""  # default <out_dir>/feature_cache
+    cache_dtype: str = "float32"
+    # ---- run
+    out_dir: str = "runs/talk2sam"
+    seed: int = 42
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads (0: torch default)
+    num_workers: int = 2
+    ckpt_every: int = 500  # optimizer steps between checkpoints (epoch ends always save)
+    val_every: int = 0  # optimizer steps between validations (0: epoch ends only)
+    val_at_start: bool = True  # validate the untrained head at step 0 (the baseline)
+    log_every: int = 10
+    max_steps: int = 0  # stop (checkpointed, resumable) after this many steps; 0: no limit
+    resume: bool = False
+    progress: bool = True
+    deterministic: bool = True
+    keep_epoch_weights: bool = False  # also export weights_epochN.pt at every epoch end
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES),
+                              ("precision", PRECISIONS), ("loss", LOSSES),
+                              ("preset", PRESET_NAMES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
+        if self.similarity_mode not in ("", "patch", "attention_max"):
+            raise ValueError(f"similarity_mode={self.similarity_mode!r}: expected '', 'patch' "
+                             "or 'attention_max'")
+        for name in ("epochs", "batch_size", "grad_accum", "num_points", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "grad_clip", "weight_decay", "momentum", "val_limit", "max_steps",
+                     "ckpt_every", "val_every", "warmup_steps", "synthetic_n", "threads",
+                     "num_workers", "box_jitter", "similarity_weight",
+                     "synthetic_distractors"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("hflip", "crop_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability, got {getattr(self, name)}")
+        if not 0.0 < self.crop_min <= 1.0:
+            raise ValueError(f"crop_min must be in (0, 1], got {self.crop_min}")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas needs two values, got {self.betas}")
+        if self.lr_step_epochs < 1:
+            raise ValueError("lr_step_epochs must be >= 1")
+        if self.cache_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"cache_dtype={self.cache_dtype!r}: float32, float16 or bfloat16")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Check/convert ``value`` for field ``key``; ValueError naming the key otherwise."""
+    types = _field_types()
+    if key not in types:
+        close = difflib.get_close_matches(key, list(types), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown config key {key!r}{hint}")
+    typ = types[key]
+    err = ValueError(f"{key}={value!r}: expected {getattr(typ, '__name__', typ)}")
+    if typing.get_origin(typ) is tuple:
+        item_type = typing.get_args(typ)[0]
+        if value is None or value == "":
+            return ()
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_scalar(key, v, item_type, err) for v in value)
+    return _scalar(key, value, typ, err)
+
+
+def _scalar(key: str, value: Any, typ: type, err: ValueError) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise err
+    if typ is int:
+        if isinstance(value, bool):
+            raise err
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise err from None
+        raise err
+    if typ is float:
+        if isinstance(value, bool):
+            raise err
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise err from None
+    if typ is str:
+        if value is None:
+            return ""
+        if isinstance(value, (dict, list)):
+            raise err
+        return str(value)
+    raise err
+
+
+def config_search_dirs() -> list[Path]:
+    """Where preset names are looked up: the source tree, then the installed share folder."""
+    here = Path(__file__).resolve()
+    dirs = [here.parents[2] / "config" / "train",
+            Path(sys.prefix) / "share" / "talk2sam_ros" / "config" / "train"]
+    try:  # a colcon install tree (optional: training never needs ROS)
+        from ament_index_python.packages import get_package_share_directory
+        dirs.append(Path(get_package_share_directory("talk2sam_ros")) / "config" / "train")
+    except Exception:
+        pass
+    return dirs
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A YAML path, or a preset name like 'tiny_synthetic' found in config/train/."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for d in config_search_dirs():
+        for cand in (d / p, d / f"{p}.yaml"):
+            if cand.is_file():
+                return cand
+    dirs = [str(d) for d in config_search_dirs()]
+    raise FileNotFoundError(f"config {name!r} not found (looked in {dirs})")
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+                base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (default: TrainConfig()) updated by the YAML at ``path`` then ``overrides``."""
+    values: dict[str, Any] = {}
+    if path:
+        resolved = resolve_config_path(path)
+        data = yaml.safe_load(resolved.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{resolved}: expected a mapping of TrainConfig keys")
+        values.update({k: coerce(k, v) for k, v in data.items()})
+    values.update({k: coerce(k, v) for k, v in (overrides or {}).items()})
+    return dataclasses.replace(base or TrainConfig(), **values)
+
+
+def parse_cli(argv: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
+    """``[--config PATH] [--resume] [--key=value ...]`` -> (config path, raw overrides).
+
+    Bare ``--flag`` means true for boolean fields; everything else needs ``--key=value``.
+    """
+    types = _field_types()
+    cfg_path: str | None = None
+    overrides: dict[str, Any] = {}
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}: use --key=value")
+        key, eq, raw = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key == "config":
+            if not eq:
+                if i + 1 >= len(args):
+                    raise ValueError("--config needs a path")
+                i += 1
+                raw = args[i]
+            cfg_path = raw
+        elif not eq:
+            if key not in types:
+                coerce(key, None)  # raises "unknown config key" with suggestions
+            if types[key] is not bool:
+                raise ValueError(f"--{key} needs a value: --{key}=VALUE")
+            overrides[key] = True
+        else:
+            parsed = yaml.safe_load(raw) if raw.strip() else ""
+            if types.get(key) is str or (typing.get_origin(types.get(key)) is tuple
+                                         and not raw.lstrip().startswith("[")):
+                parsed = raw  # keep strings verbatim (paths, '1e-3'-like names)
+            overrides[key] = coerce(key, parsed)
+        i += 1
+    return cfg_path, overrides
+
+
+def help_text() -> str:
+    """All keys with type and default, for --help."""
+    lines = ["talk2sam-train [--config PATH|NAME] [--resume] [--key=value ...]", "",
+             "keys (defaults = the paper's recipe):"]
+    types = _field_types()
+    for f in dataclasses.fields(TrainConfig):
+        typ = types[f.name]
+        tname = getattr(typ, "__name__", str(typ).replace("typing.", ""))
+        lines.append(f"  --{f.name}={f.default!r}  ({tname})")
+    return "\n".join(lines)

@@ -1,0 +1,395 @@
+"""talk2sam-eval: mIoU / mBIoU of Talk2SAM vs SAM-HQ (box only) vs Talk2SAM with the
+similarity prompt zeroed, per dataset and per category, in one run over the same encodings.
+
+    talk2sam-eval --weights runs/tiny/talk2sam_weights.pt --sets folder:runs/tiny/synthetic:val
+    talk2sam-eval --weights w.pt --official_weights --sets thinobject5k:data/ThinObject5K:test \\
+        --sets dis5k:data/DIS5K:test?exclude=config/train/dis5k_non_thin.txt --sets big:data/BIG:test
+
+Protocol (documented decisions, see docs/training.md): the prompt is the tight box of GT > 128
+(SAM-HQ; one box per object, or one per connected part with --multi_box, masks united);
+the image goes through the model core's predictor preprocessing (long side 1024 + padding, not
+SAM-HQ's 1024 x 1024 stretch); prediction = logits > 0 at the GT's original resolution;
+IoU and SAM-HQ's pure boundary IoU (dilation 0.02) per image, averaged per dataset / category.
+Methods share one SAM-HQ/DINOv2 encoding per image:
+
+* ``talk2sam``: box + text (similarity map through the trained mask-prompt encoder);
+* ``sam_hq``: box only (SAM's no-mask embedding), the SAM-HQ baseline with the same encoder;
+* ``ablation``: box + the trained model with an all-zero mask prompt (no similarity).
+
+Time per image: SAM-HQ = SAM encode + decode; Talk2SAM and the ablation add DINOv2 encode and
+the (per-category cached) text encoding, as in the paper's table. Outputs in ``--out_dir``:
+``report.json`` (config, per-image records, summaries), ``report.md`` (Markdown tables) and
+``grid.png`` (image+box, GT, SAM-HQ, Talk2SAM, similarity).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from talk2sam_ros.metrics import binarize_gt, boundary_iou, mask_iou
+from talk2sam_ros.model import transforms as T
+from talk2sam_ros.model.build import build_talk2sam
+from talk2sam_ros.model.talk2sam import ImageFeatures, Talk2SAM
+from talk2sam_ros.training.data import (Sample, box_from_mask, list_samples, part_boxes,
+                                        read_gt, read_image)
+
+LOG = logging.getLogger(__name__)
+
+METHODS = ("talk2sam", "sam_hq", "ablation")
+METHOD_LABELS = {"talk2sam": "Talk2SAM", "sam_hq": "SAM-HQ (box only)",
+                 "ablation": "Talk2SAM, similarity zeroed"}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how (see the module docstring for the protocol)."""
+
+    sets: tuple[str, ...] = ()
+    weights: str = ""  # our trained-weights file ("" = untrained head of `preset`)
+    preset: str = ""  # "" = the preset stored in the weights file
+    official_weights: bool = False
+    weights_dir: str = ""
+    sam_hq_checkpoint: str = ""
+    dinov2_checkpoint: str = ""
+    clip_checkpoint: str = ""
+    projection_checkpoint: str = ""
+    out_dir: str = "eval_out"
+    methods: tuple[str, ...] = METHODS
+    limit: int = 0  # images per dataset (0: all)
+    multi_box: bool = False
+    default_category: str = ""
+    dilation_ratio: float = 0.02
+    grid_rows: int = 6
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"methods {list(self.methods)}: choose from {METHODS}")
+        if not self.sets:
+            raise ValueError("no datasets: give at least one dataset spec in sets")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Clock:
+    """Wall-clock ms per stage, CUDA-synchronised."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.ms, self._t = device, {}, 0.0
+
+    def __enter__(self) -> _Clock:
+        _sync(self.device)
+        self._t = time.perf_counter()
+        return self
+
+    def stop(self, name: str) -> None:
+        _sync(self.device)
+        now = time.perf_counter()
+        self.ms[name] = self.ms.get(name, 0.0) + (now - self._t) * 1e3
+        self._t = now
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def encode(model: Talk2SAM, rgb: np.ndarray, clock: _Clock, dino: bool) -> ImageFeatures:
+    """ImageFeatures of one image, timing the SAM and DINOv2 encoders separately."""
+    dev = model.device
+    with torch.inference_mode():
+        sam_in, input_size = T.sam_preprocess(rgb, dev, model.encoder_dtype)
+        emb, interm0 = model.encode_sam(sam_in)
+        clock.stop("sam_encode")
+        if dino:
+            patches, attn = model.encode_dino(T.dino_preprocess(rgb, model.config.dino.img_size,
+                                                                dev, model.encoder_dtype))
+        else:  # SAM-HQ-only runs never touch DINOv2
+            gh, gw = model.dino.grid
+            patches = emb.new_zeros(1, gh * gw, model.config.dino_dim)
+            attn = emb.new_zeros(1, model.config.dino_heads, gh * gw)
+        clock.stop("dino_encode")
+    sizes = torch.tensor([input_size], dtype=torch.long, device=dev)
+    orig = torch.tensor([rgb.shape[:2]], dtype=torch.long, device=dev)
+    return ImageFeatures(emb, interm0, patches, attn, sizes, orig)
+
+
+@torch.inference_mode()
+def run_method(model: Talk2SAM, method: str, feats: ImageFeatures, boxes: np.ndarray,
+               text_embedding: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, H, W) float32 logits at source resolution for N boxes, and the (H, W) similarity
+    map in [0, 1] (talk2sam only, else None)."""
+    n = len(boxes)
+    rep = feats.select([0] * n)
+    box_t = torch.from_numpy(np.asarray(boxes, np.float32))
+    if method == "talk2sam":
+        out = model.forward_features(rep, None, box_t, text_embeddings=text_embedding.expand(
+            n, -1), upsample=True)
+        sim = T.grid_to_source(out.similarity[:1], tuple(feats.original_sizes[0].tolist()))
+        return (torch.cat(out.logits).float().cpu().numpy(),
+                sim[0, 0].float().cpu().numpy())
+    if method == "sam_hq":
+        out = model.forward_features(rep, None, box_t, upsample=True)
+        return torch.cat(out.logits).float().cpu().numpy(), None
+    # ablation: the trained decoder with the mask-prompt encoder fed an all-zero prompt
+    sizes = rep.original_sizes
+    sparse, _ = model.box_prompt(T.boxes_to_sam_torch(box_t.to(model.device), sizes))
+    zero = rep.sam_embedding.new_zeros(n, 1, T.SAM_LOW_RES, T.SAM_LOW_RES)
+    dense = model.mask_prompt(zero)
+    hq = model.hq_features(rep.sam_embedding, rep.sam_interm)
+    low, _ = model.decode(rep.sam_embedding, hq, sparse, dense)
+    logits = T.low_res_to_source(low, tuple(feats.input_sizes[0].tolist()),
+                                 tuple(feats.original_sizes[0].tolist()))
+    return logits[:, 0].float().cpu().numpy(), None
+
+
+def _weights_preset(path: str) -> str:
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return str(data["config"]["preset"])
+    except (KeyError, TypeError):
+        raise ValueError(f"{path} is not a Talk2SAM trained-weights file") from None
+
+
+def build_eval_model(cfg: EvalConfig, device: torch.device) -> Talk2SAM:
+    from talk2sam_ros.training.train import resolve_checkpoints
+
+    preset = cfg.preset or (_weights_preset(cfg.weights) if cfg.weights else "")
+    if not preset:
+        raise ValueError("give --weights (our trained file) or --preset")
+    parts = {"sam_hq": cfg.sam_hq_checkpoint, "dinov2": cfg.dinov2_checkpoint,
+             "clip": cfg.clip_checkpoint, "projection": cfg.projection_checkpoint,
+             "talk2sam": cfg.weights}
+    ckpts = resolve_checkpoints(preset, parts, cfg.official_weights, cfg.weights_dir)
+    return build_talk2sam(None if cfg.weights and not cfg.preset else preset,
+                          checkpoints=ckpts, device=device)
+
+
+def _summaries(records: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
+    def agg(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {"images": len(rows)}
+        for m in methods:
+            out[m] = {"miou": float(np.mean([r[m]["iou"] for r in rows])),
+                      "mbiou": float(np.mean([r[m]["biou"] for r in rows])),
+                      "ms": float(np.mean([r[m]["ms"] for r in rows])),
+                      "ms_median": float(np.median([r[m]["ms"] for r in rows]))}
+        return out
+
+    by_ds: dict[str, list] = defaultdict(list)
+    by_cat: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_ds[r["dataset"]].append(r)
+        by_cat[r["dataset"]][r["category"]].append(r)
+    return {"overall": agg(records),
+            "datasets": {d: agg(rows) for d, rows in sorted(by_ds.items())},
+            "categories": {d: {c: agg(rows) for c, rows in sorted(cats.items())}
+                           for d, cats in sorted(by_cat.items())}}
+
+
+def markdown_tables(summary: dict[str, Any], methods: Sequence[str]) -> str:
+    """Paper-style tables: per dataset Method | mIoU | mBIoU | Time (ms), then per category."""
+    lines: list[str] = []
+    for ds, s in summary["datasets"].items():
+        lines += [f"**{ds}** ({s['images']} images)", "",
+                  "| Method | mIoU | mBIoU | Time (ms) |", "|---|---|---|---|"]
+        for m in methods:
+            lines.append(f"| {METHOD_LABELS[m]} | {s[m]['miou']:.3f} | {s[m]['mbiou']:.3f} | "
+                         f"{s[m]['ms']:.0f} |")
+        lines.append("")
+    head = " | ".join(f"{METHOD_LABELS[m]} mIoU / mBIoU" for m in methods)
+    for ds, cats in summary["categories"].items():
+        lines += [f"**{ds}: per category**", "", f"| Category | n | {head} |",
+                  "|---|---|" + "---|" * len(methods)]
+        for cat, s in cats.items():
+            cells = " | ".join(f"{s[m]['miou']:.3f} / {s[m]['mbiou']:.3f}" for m in methods)
+            lines.append(f"| {cat} | {s['images']} | {cells} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_grid(rows: list[dict[str, Any]], path: Path) -> None:
+    """Qualitative grid: image + box + text, GT, SAM-HQ, Talk2SAM, similarity map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from talk2sam_ros.visualize import blend_similarity, draw_overlay
+
+    cols = ("image", "GT", "SAM-HQ", "Talk2SAM", "similarity")
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.6 * len(cols), 2.4 * len(rows)),
+                             squeeze=False)
+    for r, row in enumerate(rows):
+        rgb, boxes = row["rgb"], row["boxes"]
+        panels = [
+            (draw_overlay(rgb, boxes=boxes, text=row["text"]), f"'{row['text']}'"),
+            (draw_overlay(rgb, masks=row["gt"][None]), "ground truth"),
+            (draw_overlay(rgb, masks=row["sam_hq"][None], boxes=boxes) if row["sam_hq"]
+             is not None else rgb, f"IoU {row['iou_sam_hq']:.2f}" if row["sam_hq"] is not None
+             else "n/a"),
+            (draw_overlay(rgb, masks=row["talk2sam"][None], boxes=boxes) if row["talk2sam"]
+             is not None else rgb, f"IoU {row['iou_talk2sam']:.2f}"
+             if row["talk2sam"] is not None else "n/a"),
+            (blend_similarity(rgb, row["similarity"], 0.6) if row["similarity"] is not None
+             else rgb, "similarity"),
+        ]
+        for c, (img, title) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{cols[c]}: {title}" if r == 0 else title, fontsize=8)
+        axes[r][0].set_ylabel(row["key"].split("/")[-1][:24], fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Run the comparison; writes report.json, report.md and grid.png; returns the report."""
+    device = torch.device(cfg.device if cfg.device != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = build_eval_model(cfg, device).eval()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    samples: list[Sample] = []
+    for spec in cfg.sets:
+        got = list_samples(spec, default_category=cfg.default_category or None)
+        samples += got[: cfg.limit] if cfg.limit else got
+    needs_text = any(m == "talk2sam" for m in cfg.methods)
+    text_cache: dict[str, torch.Tensor] = {}
+    records: list[dict[str, Any]] = []
+    grid_pick = set(np.linspace(0, len(samples) - 1, min(cfg.grid_rows, len(samples)))
+                    .round().astype(int).tolist()) if cfg.grid_rows else set()
+    grid_rows: list[dict[str, Any]] = []
+    for idx, s in enumerate(tqdm(samples, desc="evaluate", unit="img",
+                                 disable=not cfg.progress)):
+        rgb, gt = read_image(s.image), binarize_gt(read_gt(s.mask))
+        boxes = part_boxes(gt) if cfg.multi_box else box_from_mask(gt)[None]
+        clock = _Clock(device)
+        with clock:
+            feats = encode(model, rgb, clock, dino=needs_text or "ablation" in cfg.methods)
+            emb = None
+            if needs_text:
+                if s.category not in text_cache:
+                    text_cache[s.category] = model.encode_texts([s.category])
+                emb = text_cache[s.category]
+                clock.stop("text")
+            rec: dict[str, Any] = {"key": s.key, "dataset": s.dataset, "category": s.category,
+                                   "size": list(gt.shape), "boxes": boxes.tolist()}
+            row: dict[str, Any] = {"rgb": rgb, "gt": gt, "boxes": boxes, "text": s.category,
+                                   "key": s.key, "sam_hq": None, "talk2sam": None,
+                                   "similarity": None}
+            for m in cfg.methods:
+                logits, sim = run_method(model, m, feats, boxes, emb)
+                clock.stop(f"decode_{m}")
+                pred = (logits > 0).any(axis=0)
+                rec[m] = {"iou": mask_iou(gt, pred),
+                          "biou": boundary_iou(gt, pred, cfg.dilation_ratio)}
+                if idx in grid_pick and m in ("sam_hq", "talk2sam"):
+                    row[m], row[f"iou_{m}"] = pred, rec[m]["iou"]
+                    if sim is not None:
+                        row["similarity"] = sim
+        t = clock.ms
+        for m in cfg.methods:
+            uses_dino = m != "sam_hq"
+            rec[m]["ms"] = (t["sam_encode"] + (t["dino_encode"] if uses_dino else 0.0)
+                            + (t.get("text", 0.0) if m == "talk2sam" else 0.0)
+                            + t[f"decode_{m}"])
+        rec["stages_ms"] = t
+        records.append(rec)
+        if idx in grid_pick:
+            grid_rows.append(row)
+    summary = _summaries(records, cfg.methods)
+    table = markdown_tables(summary, cfg.methods)
+    report = {"config": {k: list(v) if isinstance(v, tuple) else v
+                         for k, v in asdict(cfg).items()},
+              "model": model.describe(), "encoder_fingerprint": model.encoder_fingerprint,
+              "protocol": {"box": "tight GT box (GT > 128)" + (", one per part" if cfg.multi_box
+                                                               else ""),
+                           "prediction": "logits > 0 at GT resolution",
+                           "boundary_iou": f"SAM-HQ pure boundary IoU, ratio "
+                                           f"{cfg.dilation_ratio}",
+                           "both_empty": 1.0},
+              "summary": summary, "records": records, "markdown": table}
+    tmp = out / ".report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out / "report.json")
+    (out / "report.md").write_text(table + "\n")
+    if grid_rows:
+        save_grid(grid_rows, out / "grid.png")
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="talk2sam-eval", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sets", action="append", required=True, metavar="SPEC",
+                   help="dataset spec kind:root[:split][?categories=&exclude=&limit=] "
+                        "(repeatable)")
+    p.add_argument("--weights", default="", help="trained Talk2SAM weights file")
+    p.add_argument("--preset", default="", help="model preset (default: the weights file's)")
+    p.add_argument("--official_weights", action="store_true",
+                   help="official SAM-HQ/DINOv2/CLIP/Talk2DINO files from the weights cache")
+    p.add_argument("--weights_dir", default="")
+    for part in ("sam_hq", "dinov2", "clip", "projection"):
+        p.add_argument(f"--{part}_checkpoint", default="", help="path or registry name")
+    p.add_argument("--out_dir", default="eval_out")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--limit", type=int, default=0, help="images per dataset (0: all)")
+    p.add_argument("--multi_box", action="store_true", help="one box per connected part")
+    p.add_argument("--default_category", default="",
+                   help="text for files whose name yields no category")
+    p.add_argument("--dilation_ratio", type=float, default=0.02)
+    p.add_argument("--grid_rows", type=int, default=6)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no_progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """talk2sam-eval entry point."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = EvalConfig(sets=tuple(args.sets), weights=args.weights, preset=args.preset,
+                         official_weights=args.official_weights, weights_dir=args.weights_dir,
+                         sam_hq_checkpoint=args.sam_hq_checkpoint,
+                         dinov2_checkpoint=args.dinov2_checkpoint,
+                         clip_checkpoint=args.clip_checkpoint,
+                         projection_checkpoint=args.projection_checkpoint,
+                         out_dir=args.out_dir,
+                         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                         limit=args.limit, multi_box=args.multi_box,
+                         default_category=args.default_category,
+                         dilation_ratio=args.dilation_ratio, grid_rows=args.grid_rows,
+                         device=args.device, progress=not args.no_progress)
+        report = evaluate(cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"talk2sam-eval: error: {exc}", file=sys.stderr)
+        return 2
+    print(report["markdown"])
+    print(f"report: {Path(cfg.out_dir) / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
