@@ -230,16 +230,18 @@ class Talk2SAMNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _parameters_changed(self, params: list[Parameter]) -> None:
+        """Live parameters apply to the next frame; the others wait for the next configure."""
         if self._cfg is None:
             return
-        live = {p.name: p.value for p in params if p.name in PARAM_BY_NAME
-                and PARAM_BY_NAME[p.name].live}
-        later = [p.name for p in params if p.name in PARAM_BY_NAME and p.name not in live]
-        if live:
+        names = [p.name for p in params if p.name in PARAM_BY_NAME]
+        later = [n for n in names if not PARAM_BY_NAME[n].live]
+        if len(later) < len(names):
+            live = {spec.name: self.get_parameter(spec.name).value for spec in PARAMS
+                    if spec.live}
             try:
                 self._cfg = node_config_from_params({**dataclasses.asdict(self._cfg), **live})
             except ValueError as exc:
-                self.get_logger().warning(f"parameter change not applied: {exc}")
+                self.get_logger().warning(f"parameter change not applied yet: {exc}")
         if later:
             self.get_logger().info(f"{', '.join(later)} will apply at the next configure")
 

@@ -193,6 +193,19 @@ def test_visual_outputs_are_only_computed_when_subscribed(ros):
     assert "publish_maps" in stages
 
 
+def test_similarity_without_prompt_publishes_only_the_maps(ros):
+    client = ros.client
+    results = client.set_parameters(publish_similarity_without_prompt=True, idle_text="cable")
+    assert all(r.successful for r in results)
+    client.publish_prompt(0, "")  # no prompt from here on
+    header = client.publish_image(sample_picture())
+    similarity = client.wait_output("similarity", header)
+    assert similarity is not None, ros.log_tail()
+    assert client.wait_output("similarity_color", header, timeout=10) is not None
+    assert client.output("result", header) is None and client.output("mask", header) is None
+    assert client.set_parameters(publish_similarity_without_prompt=False)[0].successful
+
+
 def test_sigint_stops_the_node_cleanly(ros):
     assert ros.proc.poll() is None, ros.log_tail()
     assert stop(ros.proc, timeout=30) == 0, ros.log_tail()
@@ -211,3 +224,30 @@ def test_rejection_logs_are_throttled_per_kind_of_reason():
     assert throttle.allow("a", 0.0) and not throttle.allow("a", 1.9) and throttle.allow("a", 2.0)
     assert throttle.allow("b", 1.0) and throttle.allow("c", 1.0)
     assert throttle.allow("d", 1.0)  # full: forgets old keys rather than growing
+
+
+def test_weights_are_resolved_from_parameters_and_the_registry(tmp_path):
+    from talk2sam_ros import weights
+    from talk2sam_ros.node import ConfigurationError, resolve_checkpoints
+    from talk2sam_ros.node_config import node_config_from_params
+
+    assert resolve_checkpoints(node_config_from_params({"preset": "tiny"})) == {}
+    cfg = node_config_from_params({"preset": "b", "weights_dir": str(tmp_path)})
+    with pytest.raises(ConfigurationError, match="talk2sam-weights download --preset b"):
+        resolve_checkpoints(cfg)
+    registry = weights.load_registry()
+    names = registry.presets["b"]
+    for part, name in names.items():  # files in the cache, found by registry name
+        (tmp_path / registry.files[name].filename).write_bytes(b"x")
+    own = tmp_path / "mine.pth"
+    own.write_bytes(b"x")
+    found = resolve_checkpoints(node_config_from_params(
+        {"preset": "b", "weights_dir": str(tmp_path), "checkpoint_clip": str(own)}))
+    assert found["clip"] == own and set(found) == set(names)
+    assert found["sam_hq"] == tmp_path / registry.files[names["sam_hq"]].filename
+    with pytest.raises(ConfigurationError, match="checkpoint_dinov2='nope'"):
+        resolve_checkpoints(node_config_from_params({"preset": "tiny",
+                                                     "checkpoint_dinov2": "nope"}))
+    partial = resolve_checkpoints(node_config_from_params(
+        {"preset": "l", "weights_dir": str(tmp_path / "empty"), "allow_random_weights": True}))
+    assert partial == {}
