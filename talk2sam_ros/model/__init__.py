@@ -1,4 +1,11 @@
 """Talk2SAM model core (plain PyTorch, no ROS): see docs/model.md."""
+import warnings
+
+with warnings.catch_warnings():
+    # segment_anything_hq imports timm's deprecated paths and re-registers TinyViT names.
+    warnings.simplefilter("ignore", (FutureWarning, UserWarning))
+    import segment_anything_hq  # noqa: F401
+
 from .build import build_talk2sam, load_trained_weights, save_trained_weights
 from .checkpoints import CHECKPOINT_PARTS, CheckpointError
 from .config import PRESETS, SUB_IMAGENET_TEMPLATES, ModelConfig, get_preset

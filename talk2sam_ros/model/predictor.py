@@ -117,23 +117,26 @@ class Talk2SAMPredictor:
             self._frame = None
 
     def clear_text_cache(self) -> None:
-        self._text_cache.clear()
+        with self._lock:
+            self._text_cache.clear()
 
     # ------------------------------------------------------------------ text
     def text_embedding(self, text: str) -> torch.Tensor:
         """(1, 512) CLIP template-ensemble embedding of `text`, LRU-cached (frozen encoder, so
         the cache stays valid when trained weights are (re)loaded)."""
         key = text.strip()
-        cached = self._text_cache.get(key)
-        if cached is not None:
-            self._text_cache.move_to_end(key)
-            return cached
+        with self._lock:
+            cached = self._text_cache.get(key)
+            if cached is not None:
+                self._text_cache.move_to_end(key)
+                return cached
         emb = self.model.encode_texts([key])
-        self.text_encode_count += 1
-        if self.text_cache_size > 0:
-            self._text_cache[key] = emb
-            while len(self._text_cache) > self.text_cache_size:
-                self._text_cache.popitem(last=False)
+        with self._lock:
+            self.text_encode_count += 1
+            if self.text_cache_size > 0:
+                self._text_cache[key] = emb
+                while len(self._text_cache) > self.text_cache_size:
+                    self._text_cache.popitem(last=False)
         return emb
 
     # ------------------------------------------------------------------ predict
