@@ -348,27 +348,25 @@ class Talk2SAMNode(LifecycleNode):
             return
         self.trigger_activate()
 
-    def state_id(self) -> int:
-        return self._state_machine.current_state[0]
-
     def _load_model(self, cfg: NodeConfig) -> None:
-        import torch
-
         from talk2sam_ros.model import Talk2SAMPredictor, build_talk2sam
         from talk2sam_ros.model.config import get_preset
 
+        log = self.get_logger()
         device, dtype = resolve_device(cfg.device, cfg.dtype)
         checkpoints = resolve_checkpoints(cfg)
         config = get_preset(cfg.preset).replace(**cfg.model_overrides)
-        with torch.inference_mode():
-            self._model = build_talk2sam(config, checkpoints={k: str(v) for k, v in
-                                                              checkpoints.items()},
-                                         device=device, dtype=dtype)
-        self._predictor = Talk2SAMPredictor(self._model, text_cache_size=cfg.text_cache_size)
         self._device = device
+        self._model = build_talk2sam(config, checkpoints={k: str(v) for k, v in
+                                                          checkpoints.items()},
+                                     device=device, dtype=dtype)
+        self._predictor = Talk2SAMPredictor(self._model, text_cache_size=cfg.text_cache_size)
         for part in CHECKPOINT_PARTS:
             if part in checkpoints:
-                self.get_logger().info(f"{part}: {checkpoints[part]}")
+                log.info(f"{part}: {checkpoints[part]}")
+        if cfg.preset != "tiny" and "talk2sam" not in checkpoints:
+            log.warning("checkpoint_talk2sam is not set: the mask-prompt encoder is SAM-HQ's "
+                        "own (zero-shot); set it to a talk2sam-train output for trained results")
 
     def _release_model(self) -> None:
         self._predictor = None
