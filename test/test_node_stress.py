@@ -69,7 +69,6 @@ def _settled(client: Client, timeout: float = 60.0) -> dict[str, int]:
     raise AssertionError("node counters did not settle")
 
 
-@pytest.mark.slow
 def test_30hz_stream_on_a_slow_model_processes_the_newest_frame_with_bounded_age(ros):
     client = ros.client
     assert client.set_parameters(debug_delay_ms=DELAY_MS)[0].successful
@@ -98,7 +97,7 @@ def test_30hz_stream_on_a_slow_model_processes_the_newest_frame_with_bounded_age
     # the last frame wait for all 90 * per-frame time)
     per_frame = [sum(t.ms for t in r.timing if "." not in t.stage) for r in results]
     assert min(per_frame) >= DELAY_MS
-    bound = 2 * max(per_frame) + 1000.0
+    bound = 2 * max(per_frame) + 2000.0  # + delivery and scheduling on a busy machine
     assert max(r.frame_age_ms for r in results) < bound, ([r.frame_age_ms for r in results],
                                                            per_frame)
     assert bound < 0.5 * 90 * min(per_frame)
