@@ -74,10 +74,11 @@ def _setup(context, *args, **kwargs):
     overrides = {param: arg(name) for name, param in PARAM_ARGS.items() if arg(name)}
     remaps = [(topic, arg(name)) for name, topic in REMAP_ARGS.items() if arg(name)]
     namespace = arg("namespace")
-    ros_args = ["--ros-args", "--log-level", arg("log_level")]
+    ros_args = ["--log-level", arg("log_level")]
     actions = [Node(package=PACKAGE, executable="talk2sam_node", name=NODE_NAME,
                     namespace=namespace, parameters=[params_file, overrides],
-                    remappings=remaps, arguments=ros_args, output="screen", emulate_tty=True)]
+                    remappings=remaps, ros_arguments=ros_args, output="screen",
+                    emulate_tty=True)]
     if _true(arg("use_rviz")):
         # The rviz config uses relative topics, so rviz runs in the same namespace and with
         # the same `image` remapping as the node.
@@ -87,7 +88,7 @@ def _setup(context, *args, **kwargs):
     if _true(arg("use_speech")):
         actions.append(Node(package=PACKAGE, executable="talk2sam_speech",
                             name="talk2sam_speech", namespace=namespace,
-                            parameters=[params_file], arguments=ros_args,
+                            parameters=[params_file], ros_arguments=ros_args,
                             remappings=[r for r in remaps if r[0] == "category"],
                             output="screen", emulate_tty=True))
     return actions
