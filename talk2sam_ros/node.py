@@ -42,7 +42,7 @@ from talk2sam_ros.visualize import blend_similarity, draw_overlay, label_image
 
 # Prompts from `category` (text only) carry this id in their results.
 CATEGORY_PROMPT_ID = -1
-_LOG_PERIOD_S = 2.0  # per-frame warnings are throttled to one line per call site and period
+_LOG_PERIOD_S = 2.0  # per-frame log lines: one per kind of rejection (or call site) and period
 _MAX_PROMPT_JOBS = 16  # stamped prompts waiting for the worker; older ones are dropped
 
 
