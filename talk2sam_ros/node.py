@@ -113,9 +113,8 @@ class Throttle:
 
 
 def reason_kind(reason: str) -> str:
-    """The kind of a rejection reason: its first words without numbers and quoted values."""
-    template = re.sub(r"\d+", "#", re.sub(r"'[^']*'", "''", reason))
-    return " ".join(template.split()[:3])
+    """The kind of a rejection reason: its text without numbers and quoted values."""
+    return re.sub(r"\d+", "#", re.sub(r"'[^']*'", "''", reason))
 
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
