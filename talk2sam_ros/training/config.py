@@ -54,17 +54,17 @@ class TrainConfig:
     # ---- optimisation
     optimizer: str = "sgd"
     lr: float = 1e-3
-    momentum: float = 0.9
+    momentum: float = 0.9  # not stated in the paper: our choice (docs/training.md)
     weight_decay: float = 0.0
     betas: tuple[float, ...] = (0.9, 0.999)
-    lr_schedule: str = "step"
-    lr_step_epochs: int = 10  # StepLR period (SAM-HQ: 10)
+    lr_schedule: str = "constant"  # the paper gives one LR and no schedule
+    lr_step_epochs: int = 10  # StepLR period for lr_schedule=step (SAM-HQ: 10)
     lr_gamma: float = 0.1
     warmup_steps: int = 0
     epochs: int = 30
     batch_size: int = 4  # per process
     grad_accum: int = 1
-    grad_clip: float = 1.0  # max grad L2 norm, 0 disables
+    grad_clip: float = 0.0  # max grad L2 norm, 0 disables (neither paper nor SAM-HQ clip)
     precision: str = "auto"  # auto: bf16 autocast on a bf16-capable GPU, fp32 on CPU
     # ---- loss
     loss: str = "points"  # SAM-HQ point-sampled BCE + dice, or dense at source resolution

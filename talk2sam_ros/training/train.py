@@ -528,7 +528,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.pos = Position()
         self.log = RunLog(self.out / LOG_NAME, self.info.main)
-        self.bar: tqdm | None = None
+        self.train_seconds = 0.0  # data loading + forward/backward/step, this process
+        self.steps_timed = 0
+        self.cache_seconds = 0.0
 
     # ---------------------------------------------------------------- checkpoints
     @property
@@ -665,10 +667,12 @@ class Trainer:
         if self.info.main:
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(),
                                                                        sort_keys=False))
+        t_cache = time.perf_counter()
         if self.cache is not None:
             mine = (self.train_samples + self.val_samples)[self.info.rank::self.info.world]
             self.cache.build(self.model, mine, progress=cfg.progress and self.info.main)
             _barrier(self.info)
+        self.cache_seconds = time.perf_counter() - t_cache
         t_start = time.time()
         steps_this_run = 0
         if not resumed:
@@ -701,6 +705,7 @@ class Trainer:
         acc: list[dict[str, float]] = []
         it = iter(loader)
         for _ in range(micro_left):
+            t0 = time.perf_counter()
             batch = next(it)
             group_start = (pos.micro // cfg.grad_accum) * cfg.grad_accum
             group_size = min(cfg.grad_accum, self.micro_per_epoch - group_start)
@@ -708,8 +713,11 @@ class Trainer:
             acc.append(self._micro_step(batch, 1.0 / group_size, sync=last_in_group))
             pos.micro += 1
             if not last_in_group:
+                self.train_seconds += time.perf_counter() - t0
                 continue
             norm = self._optimizer_step()
+            self.train_seconds += time.perf_counter() - t0
+            self.steps_timed += 1
             pos.step += 1
             stats = {k: float(np.mean([a.get(k, 0.0) for a in acc])) for k in acc[0]}
             acc = []
@@ -756,6 +764,8 @@ class Trainer:
         summary = {
             "parameters": self.counts, "steps": self.pos.step, "epochs_done": self.pos.epoch,
             "stopped_early": stopped, "seconds_this_run": elapsed,
+            "cache_build_seconds": self.cache_seconds,
+            "seconds_per_step": self.train_seconds / max(1, self.steps_timed),
             "train_images": len(self.train_samples), "val_images": len(self.val_samples),
             "world_size": self.info.world, "device": str(self.device),
             "feature_cache": self.cfg.feature_cache,
