@@ -53,7 +53,7 @@ def _check_pair(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def binarize_gt(gt: np.ndarray, threshold: int = GT_THRESHOLD) -> np.ndarray:
-    """H x W (or H x W x C, first channel used) 0..255 ground truth -> bool mask ``gt > threshold``."""
+    """H x W (or H x W x C: first channel) 0..255 ground truth -> bool ``gt > threshold``."""
     arr = np.asarray(gt)
     if arr.ndim == 3:
         arr = arr[..., 0]

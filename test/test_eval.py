@@ -51,16 +51,19 @@ def test_eval_matches_predictor_and_summaries(shared_dirs: tuple[Path, Path],
     assert json.loads((out / "report.json").read_text())["summary"] == report["summary"]
     assert "| Talk2SAM |" in report["markdown"] and "| SAM-HQ (box only) |" in report["markdown"]
 
-    # Same numbers as the node's predictor: predict(text, box) and predict(None, box).
+    # Same numbers as the node's predictor: Talk2SAM = our weights, predict(text, box);
+    # SAM-HQ = the preset's own decoder (no weights file), predict(None, box).
     model = build_talk2sam(None, checkpoints={"talk2sam": head_weights})
     pred = Talk2SAMPredictor(model)
+    base_pred = Talk2SAMPredictor(build_talk2sam("tiny"))
     for s, rec in zip(list_samples(spec), recs):
         rgb, gt = read_image(s.image), read_gt(s.mask) > 128
         box = box_from_mask(gt)
         assert rec["boxes"] == [box.tolist()]
         pred.set_image(rgb)
+        base_pred.set_image(rgb)
         t2s = pred.predict(s.category, box).masks[0]
-        base = pred.predict(None, box).masks[0]
+        base = base_pred.predict(None, box).masks[0]
         assert rec["talk2sam"]["iou"] == pytest.approx(mask_iou(gt, t2s), abs=1e-6)
         assert rec["talk2sam"]["biou"] == pytest.approx(boundary_iou(gt, t2s), abs=1e-6)
         assert rec["sam_hq"]["iou"] == pytest.approx(mask_iou(gt, base), abs=1e-6)

@@ -6,8 +6,8 @@ No ROS and no model imports: images stay uint8 RGB at their source resolution an
 Supported on-disk layouts (``kind`` in a dataset spec) and their filename -> category rules
 (documented in docs/training.md; a CSV ``stem,category`` overrides the rule per file):
 
-``thinobject5k``  ``root/images/<stem>.jpg``, ``root/masks/<stem>.png`` and ``root/list/<split>.txt``
-    (thin-object-selection layout, split ``trainval``/``test``; ``train`` means ``trainval``), or the
+``thinobject5k``  ``root/images/<stem>.jpg``, ``root/masks/<stem>.png``, ``root/list/<split>.txt``
+    (thin-object-selection layout, split ``trainval``/``test``; ``train`` = ``trainval``), or the
     SAM-HQ layout ``root/images_<split>/``, ``root/masks_<split>/`` (split ``train``/``test``).
     Category: the stem's words without numeric / ``PNG1234`` tokens (``bicycle_PNG5380`` ->
     ``bicycle``). Unverified against the archive, hence the CSV override.

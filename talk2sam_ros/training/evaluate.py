@@ -3,7 +3,8 @@ similarity prompt zeroed, per dataset and per category, in one run over the same
 
     talk2sam-eval --weights runs/tiny/talk2sam_weights.pt --sets folder:runs/tiny/synthetic:val
     talk2sam-eval --weights w.pt --official_weights --sets thinobject5k:data/ThinObject5K:test \\
-        --sets dis5k:data/DIS5K:test?exclude=config/train/dis5k_non_thin.txt --sets big:data/BIG:test
+        --sets dis5k:data/DIS5K:test?exclude=config/train/dis5k_non_thin.txt \\
+        --sets big:data/BIG:test
 
 Protocol (documented decisions, see docs/training.md): the prompt is the tight box of GT > 128
 (SAM-HQ; one box per object, or one per connected part with --multi_box, masks united);
@@ -13,7 +14,8 @@ IoU and SAM-HQ's pure boundary IoU (dilation 0.02) per image, averaged per datas
 Methods share one SAM-HQ/DINOv2 encoding per image:
 
 * ``talk2sam``: box + text (similarity map through the trained mask-prompt encoder);
-* ``sam_hq``: box only (SAM's no-mask embedding), the SAM-HQ baseline with the same encoder;
+* ``sam_hq``: box only (SAM's no-mask embedding) with the preset's own SAM-HQ decoder (the
+  official ``sam_hq_vit_*`` HQ parts, not our retrained ones): SAM-HQ with the same encoder;
 * ``ablation``: box + the trained model with an all-zero mask prompt (no similarity).
 
 Time per image: SAM-HQ = SAM encode + decode; Talk2SAM and the ablation add DINOv2 encode and
@@ -40,7 +42,8 @@ from tqdm.auto import tqdm
 
 from talk2sam_ros.metrics import binarize_gt, boundary_iou, mask_iou
 from talk2sam_ros.model import transforms as T
-from talk2sam_ros.model.build import build_talk2sam
+from talk2sam_ros.model.build import build_talk2sam, load_trained_weights
+from talk2sam_ros.model.config import ModelConfig, get_preset
 from talk2sam_ros.model.talk2sam import ImageFeatures, Talk2SAM
 from talk2sam_ros.training.data import (Sample, box_from_mask, list_samples, part_boxes,
                                         read_gt, read_image)
@@ -158,26 +161,58 @@ def run_method(model: Talk2SAM, method: str, feats: ImageFeatures, boxes: np.nda
     return logits[:, 0].float().cpu().numpy(), None
 
 
-def _weights_preset(path: str) -> str:
+def _weights_config(path: str) -> ModelConfig:
     data = torch.load(path, map_location="cpu", weights_only=True)
     try:
-        return str(data["config"]["preset"])
+        return ModelConfig.from_dict(data["config"])
     except (KeyError, TypeError):
         raise ValueError(f"{path} is not a Talk2SAM trained-weights file") from None
 
 
-def build_eval_model(cfg: EvalConfig, device: torch.device) -> Talk2SAM:
+class Heads:
+    """The model with two swappable sets of trainable parts: ``baseline`` = what the preset's
+    checkpoints give (the official SAM-HQ HQ decoder, SAM's mask encoder), ``trained`` = our
+    weights file. The frozen encoders are shared, so each image is encoded once."""
+
+    def __init__(self, model: Talk2SAM, weights: str) -> None:
+        self.model = model
+        self.baseline = self._snapshot()
+        if weights:
+            load_trained_weights(model, weights)
+        self.trained = self._snapshot()
+        self.current = "trained"
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.trainable_state_dict().items()}
+
+    def use(self, which: str) -> Talk2SAM:
+        if which != self.current:
+            src = self.baseline if which == "baseline" else self.trained
+            with torch.no_grad():
+                for k, v in self.model.trainable_state_dict().items():
+                    v.copy_(src[k])
+            self.current = which
+        return self.model
+
+
+def build_eval_model(cfg: EvalConfig, device: torch.device) -> Heads:
+    """The model for ``cfg`` with its baseline and trained heads."""
     from talk2sam_ros.training.train import resolve_checkpoints
 
-    preset = cfg.preset or (_weights_preset(cfg.weights) if cfg.weights else "")
-    if not preset:
+    if cfg.weights:
+        model_cfg = _weights_config(cfg.weights)
+        if cfg.preset and cfg.preset != model_cfg.preset:
+            raise ValueError(f"--preset {cfg.preset} but {cfg.weights} was trained for "
+                             f"preset {model_cfg.preset}")
+    elif cfg.preset:
+        model_cfg = get_preset(cfg.preset)
+    else:
         raise ValueError("give --weights (our trained file) or --preset")
     parts = {"sam_hq": cfg.sam_hq_checkpoint, "dinov2": cfg.dinov2_checkpoint,
-             "clip": cfg.clip_checkpoint, "projection": cfg.projection_checkpoint,
-             "talk2sam": cfg.weights}
-    ckpts = resolve_checkpoints(preset, parts, cfg.official_weights, cfg.weights_dir)
-    return build_talk2sam(None if cfg.weights and not cfg.preset else preset,
-                          checkpoints=ckpts, device=device)
+             "clip": cfg.clip_checkpoint, "projection": cfg.projection_checkpoint}
+    ckpts = resolve_checkpoints(model_cfg.preset, parts, cfg.official_weights, cfg.weights_dir)
+    model = build_talk2sam(model_cfg, checkpoints=ckpts, device=device).eval()
+    return Heads(model, cfg.weights)
 
 
 def _summaries(records: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
@@ -265,7 +300,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the comparison; writes report.json, report.md and grid.png; returns the report."""
     device = torch.device(cfg.device if cfg.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = build_eval_model(cfg, device).eval()
+    heads = build_eval_model(cfg, device)
+    model = heads.model
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples: list[Sample] = []
@@ -297,7 +333,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                                    "key": s.key, "sam_hq": None, "talk2sam": None,
                                    "similarity": None}
             for m in cfg.methods:
-                logits, sim = run_method(model, m, feats, boxes, emb)
+                head = heads.use("baseline" if m == "sam_hq" else "trained")
+                logits, sim = run_method(head, m, feats, boxes, emb)
                 clock.stop(f"decode_{m}")
                 pred = (logits > 0).any(axis=0)
                 rec[m] = {"iou": mask_iou(gt, pred),
@@ -321,6 +358,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     report = {"config": {k: list(v) if isinstance(v, tuple) else v
                          for k, v in asdict(cfg).items()},
               "model": model.describe(), "encoder_fingerprint": model.encoder_fingerprint,
+              "weights": cfg.weights or None,
               "protocol": {"box": "tight GT box (GT > 128)" + (", one per part" if cfg.multi_box
                                                                else ""),
                            "prediction": "logits > 0 at GT resolution",

@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +171,8 @@ def build_model_for(cfg: TrainConfig, device: torch.device | str = "cpu",
 
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
-    aug = AugmentConfig(hflip=cfg.hflip, crop_prob=cfg.crop_prob, crop_min=cfg.crop_min,
-                        brightness=cfg.brightness, contrast=cfg.contrast,
-                        saturation=cfg.saturation, noise_std=cfg.noise_std,
-                        box_jitter=cfg.box_jitter, multi_box=cfg.multi_box,
-                        max_parts=cfg.max_parts)
+    # TrainConfig repeats AugmentConfig's fields flat (for --key=value overrides)
+    aug = AugmentConfig(**{f.name: getattr(cfg, f.name) for f in fields(AugmentConfig)})
     if cfg.feature_cache and aug.image_level:
         LOG.warning("feature_cache: image-level augmentations (hflip, crop, brightness, "
                     "contrast, saturation, noise) are disabled; box jitter / multi-box stay")
@@ -619,8 +616,8 @@ class Trainer:
         text_emb = self.texts(texts)
         gen = torch.Generator(device=self.device).manual_seed(
             (cfg.seed * 1_000_003 + self.pos.step * 131 + self.info.rank) % 2 ** 63)
-        ctx = (self.forward.no_sync() if isinstance(self.forward, nn.parallel.DistributedDataParallel)
-               and not sync else nullcontext())
+        ddp = isinstance(self.forward, nn.parallel.DistributedDataParallel)
+        ctx = self.forward.no_sync() if ddp and not sync else nullcontext()
         amp = (torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext())
         with ctx:
             with amp:
@@ -722,7 +719,8 @@ class Trainer:
             stats = {k: float(np.mean([a.get(k, 0.0) for a in acc])) for k in acc[0]}
             acc = []
             bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            lr = self.scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{lr:.2e}")
             if pos.step % cfg.log_every == 0 or pos.step == 1:
                 self.log.write({"kind": "train", "step": pos.step, "epoch": pos.epoch,
                                 "lr": self.scheduler.get_last_lr()[0], "grad_norm": norm,
