@@ -1,0 +1,455 @@
+"""Performance benchmark: ``talk2sam-bench`` (model level, and node level over DDS on loopback).
+
+Model level (Talk2SAMPredictor, random weights unless --checkpoints-from-cache): per-stage
+latency from the predictor's own timings (SAM-HQ / DINOv2 encode, text cold / cached,
+similarity, prompt, decode, post-processing), full-frame latency, extra-prompt latency on a
+cached frame and the reuse ratio, k prompts per frame (1, 2, 4, 8), peak memory.
+Node level: the real node in a subprocess; image-publish -> mask-receipt latency, the node's
+own overhead (conversion + publishing) as a share of the pipeline time, and a 30 Hz stream's
+processed-frame age and drop rate. Writes ``bench_<preset>_<device>_<dtype>.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LOG = logging.getLogger(__name__)
+
+DTYPES = ("fp32", "bf16", "fp16")
+ENCODE_STAGES = ("sam_encode", "dino_encode")
+KS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    preset: str = "tiny"
+    device: str = "cpu"
+    dtype: str = "fp32"
+    sdpa: bool = True  # scaled_dot_product_attention in the encoders (where the model allows)
+    compile: bool = False  # torch.compile the frozen image encoders
+    runs: int = 10
+    warmup: int = 2
+    image_size: tuple[int, int] = (640, 480)  # width, height of the benchmark frames
+    ks: tuple[int, ...] = KS
+    text: str = "cable"
+    checkpoints_from_cache: bool = False  # real weights from talk2sam-weights' cache
+    node: bool = True
+    node_frames: int = 10  # one-at-a-time frames for end-to-end latency
+    stream_hz: float = 30.0
+    stream_seconds: float = 5.0
+    node_timeout_s: float = 180.0
+    out: Path = Path("bench_out")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """median / p90 / mean / min / max / n of `values` (ms); empty -> n = 0 only."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    if arr.size == 0:
+        return {"n": 0}
+    return {"median": float(np.median(arr)), "p90": float(np.percentile(arr, 90)),
+            "mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max()),
+            "n": int(arr.size)}
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    try:
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {DTYPES}") from None
+
+
+def bench_frames(size: tuple[int, int], count: int, seed: int = 0) -> list[np.ndarray]:
+    """`count` distinct RGB uint8 frames of `size` (W, H) from a CC0 photo, shifted per frame."""
+    import cv2
+    from skimage import data
+
+    base = cv2.resize(data.astronaut(), size, interpolation=cv2.INTER_AREA)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(count):
+        shifted = np.roll(base, shift=(3 * i, 5 * i), axis=(0, 1))
+        noise = rng.integers(-3, 4, shifted.shape, dtype=np.int16)
+        frames.append(np.clip(shifted.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+    return frames
+
+
+def prompt_boxes(size: tuple[int, int], count: int, seed: int = 1) -> np.ndarray:
+    """`count` random XYXY boxes (float32, source px) covering 10-60 % of each side."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    bw, bh = rng.uniform(0.1, 0.6, count) * w, rng.uniform(0.1, 0.6, count) * h
+    x0, y0 = rng.uniform(0, 1, count) * (w - bw), rng.uniform(0, 1, count) * (h - bh)
+    return np.stack([x0, y0, x0 + bw, y0 + bh], axis=1).astype(np.float32)
+
+
+def memory_now() -> dict[str, float]:
+    """Process RSS and its peak (MiB) from /proc, falling back to getrusage."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss_mib" if key == "VmRSS" else "rss_peak_mib"] = int(val.split()[0]) / 1024
+    except OSError:
+        pass
+    out.setdefault("rss_peak_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+class Timer:
+    """Wall-clock timing that waits for queued GPU work first (so ms are real on CUDA)."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self._sync: Callable[[], None] = (
+            (lambda: torch.cuda.synchronize(torch.device(device)))
+            if device.startswith("cuda") else (lambda: None))
+
+    @contextlib.contextmanager
+    def __call__(self, sink: list[float]) -> Iterator[None]:
+        self._sync()
+        t0 = time.perf_counter()
+        yield
+        self._sync()
+        sink.append((time.perf_counter() - t0) * 1e3)
+
+
+# ----------------------------------------------------------------------------- model level
+
+
+def build_predictor(cfg: BenchConfig) -> tuple[Any, Any]:
+    """The model and predictor exactly as the node builds them (preset, device, dtype)."""
+    import torch
+
+    from talk2sam_ros.model import Talk2SAMPredictor, build_talk2sam, get_preset
+
+    checkpoints = None
+    if cfg.checkpoints_from_cache:
+        from talk2sam_ros.weights import checkpoints_for_preset
+
+        checkpoints = {k: str(v) for k, v in checkpoints_for_preset(cfg.preset).items()}
+    config = get_preset(cfg.preset).replace(compile=cfg.compile, sam_sdpa=cfg.sdpa)
+    with _sdpa(cfg.sdpa):
+        model = build_talk2sam(config, checkpoints=checkpoints, device=cfg.device,
+                               dtype=torch_dtype(cfg.dtype))
+    return model, Talk2SAMPredictor(model)
+
+
+@contextlib.contextmanager
+def _sdpa(enabled: bool) -> Iterator[None]:
+    """timm's fused (SDPA) attention switch while the encoders are built."""
+    try:
+        from timm.layers import config as timm_config
+    except ImportError:
+        yield
+        return
+    old = timm_config._USE_FUSED_ATTN  # noqa: SLF001 (timm keeps it module-level)
+    timm_config.set_fused_attn(enabled)
+    try:
+        yield
+    finally:
+        timm_config._USE_FUSED_ATTN = old  # noqa: SLF001
+
+
+def bench_model(cfg: BenchConfig) -> dict[str, Any]:
+    """Model-level numbers (ms unless named otherwise); see the module docstring."""
+    import torch
+
+    model, pred = build_predictor(cfg)
+    timer = Timer(cfg.device)
+    n_frames = cfg.warmup + cfg.runs
+    frames = bench_frames(cfg.image_size, n_frames)
+    boxes = prompt_boxes(cfg.image_size, 2 * max(cfg.ks) + 2)
+    box_a, box_b = boxes[:1], boxes[1:2]
+    if cfg.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(torch.device(cfg.device))
+
+    stages: dict[str, list[float]] = {}
+    full, set_image, first_predict, extra, extra_text_only, text_cold = [], [], [], [], [], []
+    encodes_before = pred.encode_count
+    for i, frame in enumerate(frames):
+        warm = i < cfg.warmup
+        t_set: list[float] = []
+        t_pred: list[float] = []
+        t_extra: list[float] = []
+        t_textonly: list[float] = []
+        with timer(t_set):
+            pred.set_image(frame)
+        enc = dict(getattr(pred, "last_encode_timings", {}) or {})
+        with timer(t_pred):
+            res = pred.predict(text=cfg.text, boxes=box_a)
+        with timer(t_extra):  # same frame, same (cached) text, another box
+            pred.predict(text=cfg.text, boxes=box_b)
+        cold = pred.predict(text=f"{cfg.text} number {i}", boxes=box_a)  # never-seen text
+        with timer(t_textonly):
+            pred.predict(text=cfg.text, boxes=None)
+        if warm:
+            continue
+        set_image += t_set
+        first_predict += t_pred
+        full.append(t_set[0] + t_pred[0])
+        extra += t_extra
+        extra_text_only += t_textonly
+        for name, ms in {**enc, **res.timings}.items():
+            stages.setdefault(name, []).append(float(ms))
+        stages.setdefault("text_cached", []).append(float(res.timings.get("text", np.nan)))
+        if "text" in cold.timings:
+            text_cold.append(float(cold.timings["text"]))
+    stages.pop("text", None)
+    stages["text_cold"] = text_cold
+    encodes = pred.encode_count - encodes_before
+
+    k_runs = max(2, cfg.runs // 2)
+    k_frames = bench_frames(cfg.image_size, k_runs, seed=7)
+    per_k: dict[str, dict[str, float]] = {}
+    for k in cfg.ks:
+        totals: list[float] = []
+        for j, frame in enumerate(k_frames):
+            t: list[float] = []
+            with timer(t):
+                pred.set_image(frame)
+                for b in range(k):
+                    pred.predict(text=cfg.text, boxes=boxes[2 + b: 3 + b])
+            if j > 0 or k_runs == 1:  # the first frame of each k is warm-up
+                totals += t
+        s = summarize(totals)
+        per_k[str(k)] = {"frame_total_ms": s["median"], "per_prompt_ms": s["median"] / k,
+                         "p90_ms": s["p90"], "n": s["n"]}
+
+    full_s, extra_s = summarize(full), summarize(extra)
+    peak: dict[str, float] = memory_now()
+    if cfg.device.startswith("cuda"):
+        dev = torch.device(cfg.device)
+        peak["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        peak["cuda_max_reserved_mib"] = torch.cuda.max_memory_reserved(dev) / 2**20
+    n_params = sum(p.numel() for p in model.parameters())
+    return {
+        "stages": {k: summarize(v) for k, v in stages.items()},
+        "full_frame_ms": full_s,
+        "set_image_ms": summarize(set_image),
+        "first_prompt_ms": summarize(first_predict),
+        "extra_prompt_ms": extra_s,
+        "extra_prompt_text_only_ms": summarize(extra_text_only),
+        "reuse_ratio": full_s["median"] / max(extra_s["median"], 1e-9),
+        "prompts_per_frame": per_k,
+        "memory": peak,
+        "encoder_runs": encodes,
+        "frames": len(frames) - cfg.warmup,
+        "parameters_m": n_params / 1e6,
+    }
+
+
+# ----------------------------------------------------------------------------- node level
+
+
+def bench_node(cfg: BenchConfig) -> dict[str, Any]:
+    """End-to-end numbers through the real node over DDS on loopback (own ROS_DOMAIN_ID)."""
+    from talk2sam_ros.demo import NodeHarness, NodeSettings
+
+    # Reliable image QoS: a frame lost in transport would stall the one-at-a-time loop.
+    settings = NodeSettings(preset=cfg.preset, device=cfg.device, dtype=cfg.dtype,
+                            checkpoints_from_cache=cfg.checkpoints_from_cache,
+                            extra={"qos_reliability": "reliable"})
+    frames = bench_frames(cfg.image_size, max(cfg.node_frames, 8), seed=3)
+    box = prompt_boxes(cfg.image_size, 1)[0]
+    log = cfg.out / f"node_{cfg.preset}_{cfg.device.replace(':', '')}.log"
+    with NodeHarness(settings, log, timeout_s=cfg.node_timeout_s) as h:
+        h.set_prompt(cfg.text, box[None])
+        h.warm_up(frames[0])
+        # One frame at a time: latency without queueing.
+        h.warm_up(frames[1])
+        singles = [h.send_and_wait(frames[i % len(frames)]) for i in range(cfg.node_frames)]
+        singles = [r for r in singles if r is not None]
+        stream = h.stream(frames, cfg.stream_hz, cfg.stream_seconds)
+    e2e = [r.latency_ms for r in singles]
+    stage_ms: dict[str, list[float]] = {}
+    for r in singles:
+        for name, ms in r.stages.items():
+            stage_ms.setdefault(name, []).append(ms)
+    shares = [100.0 * r.node_overhead_ms / r.pipeline_ms for r in singles if r.pipeline_ms > 0]
+    return {
+        "end_to_end_ms": summarize(e2e),
+        "node_stages": {k: summarize(v) for k, v in stage_ms.items()},
+        "node_overhead_ms": summarize([r.node_overhead_ms for r in singles]),
+        "pipeline_ms": summarize([r.pipeline_ms for r in singles]),
+        "node_overhead_share_pct": summarize(shares),
+        "stream": stream,
+        "frames_answered": len(singles),
+        "frames_sent": cfg.node_frames,
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _fmt(x: Any, digits: int = 1) -> str:
+    return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else (
+        f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The report as Markdown tables (what docs/README show)."""
+    cfg, m = result["config"], result.get("model")
+    mach = result["machine"]
+    where = mach.get("gpu") or f"{mach['cpu']} ({mach['torch_threads']} torch threads)"
+    lines = [f"### talk2sam-bench: preset `{cfg['preset']}`, {cfg['device']}, {cfg['dtype']}"
+             f"{', compiled' if cfg['compile'] else ''}"
+             f"{'' if cfg['sdpa'] else ', no SDPA'}", "",
+             f"Machine: {where}; torch {mach['torch']}; frames {cfg['image_size'][0]}x"
+             f"{cfg['image_size'][1]}; {cfg['runs']} runs after {cfg['warmup']} warm-up; "
+             f"weights: {'official (cache)' if cfg['checkpoints_from_cache'] else 'random'}; "
+             f"{result['timestamp']}", ""]
+    if m:
+        lines += ["| stage | median ms | p90 ms |", "|---|---:|---:|"]
+        for name, s in m["stages"].items():
+            lines.append(f"| {name} | {_fmt(s.get('median'), 2)} | {_fmt(s.get('p90'), 2)} |")
+        lines += ["", "| measure | median | p90 |", "|---|---:|---:|"]
+        for key, label in (("full_frame_ms", "new frame: set_image + 1 prompt (ms)"),
+                           ("set_image_ms", "set_image alone (ms)"),
+                           ("extra_prompt_ms", "extra box prompt, cached frame (ms)"),
+                           ("extra_prompt_text_only_ms", "extra text-only prompt (ms)")):
+            s = m[key]
+            lines.append(f"| {label} | {_fmt(s.get('median'))} | {_fmt(s.get('p90'))} |")
+        lines.append(f"| reuse ratio (new frame / extra prompt) | {_fmt(m['reuse_ratio'])} | |")
+        lines += ["", "| prompts per frame k | frame total ms | ms per prompt |",
+                  "|---:|---:|---:|"]
+        for k, s in m["prompts_per_frame"].items():
+            lines.append(f"| {k} | {_fmt(s['frame_total_ms'])} | {_fmt(s['per_prompt_ms'])} |")
+        mem = m["memory"]
+        mem_txt = (f"CUDA max allocated {_fmt(mem['cuda_max_allocated_mib'], 0)} MiB"
+                   if "cuda_max_allocated_mib" in mem else
+                   f"process RSS peak {_fmt(mem.get('rss_peak_mib'), 0)} MiB")
+        lines += ["", f"Peak memory: {mem_txt}; parameters {_fmt(m['parameters_m'], 1)} M."]
+    n = result.get("node")
+    if n:
+        st = n["stream"]
+        lines += ["", "| node level (real node, DDS loopback) | median | p90 |",
+                  "|---|---:|---:|",
+                  f"| image publish -> mask received (ms) | {_fmt(n['end_to_end_ms'].get('median'))}"
+                  f" | {_fmt(n['end_to_end_ms'].get('p90'))} |",
+                  f"| node overhead: convert + publish (ms) | "
+                  f"{_fmt(n['node_overhead_ms'].get('median'), 2)} | "
+                  f"{_fmt(n['node_overhead_ms'].get('p90'), 2)} |",
+                  f"| node overhead share of pipeline (%) | "
+                  f"{_fmt(n['node_overhead_share_pct'].get('median'), 2)} | "
+                  f"{_fmt(n['node_overhead_share_pct'].get('p90'), 2)} |",
+                  f"| {st['rate_hz']:.0f} Hz stream: processed-frame age (ms) | "
+                  f"{_fmt(st['frame_age_ms'].get('median'))} | "
+                  f"{_fmt(st['frame_age_ms'].get('p90'))} |", "",
+                  f"{st['rate_hz']:.0f} Hz stream for {st['seconds']:.1f} s: {st['sent']} sent, "
+                  f"{st['processed']} processed, drop rate {_fmt(100 * st['drop_rate'])} %, "
+                  f"{_fmt(st['processed_hz'])} results/s."]
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    """Model (and optionally node) benchmark; writes JSON + Markdown into cfg.out."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "config": {k: (str(v) if isinstance(v, Path) else v)
+                   for k, v in dataclasses.asdict(cfg).items()},
+        "machine": machine_info(cfg.device),
+        "timestamp": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    result["model"] = bench_model(cfg)
+    if cfg.node:
+        result["node"] = bench_node(cfg)
+    stem = f"bench_{cfg.preset}_{cfg.device.replace(':', '')}_{cfg.dtype}"
+    (cfg.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (cfg.out / f"{stem}.md").write_text(to_markdown(result))
+    result["files"] = [str(cfg.out / f"{stem}.json"), str(cfg.out / f"{stem}.md")]
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = BenchConfig()
+    p = argparse.ArgumentParser(prog="talk2sam-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default=d.preset, help="tiny, t, b, l, h (default tiny)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default=d.dtype, choices=DTYPES)
+    p.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=d.sdpa,
+                   help="fused scaled-dot-product attention in the encoders")
+    p.add_argument("--compile", action="store_true", help="torch.compile the image encoders")
+    p.add_argument("--runs", type=int, default=d.runs)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--image-size", default="640x480", help="WxH of the frames (640x480)")
+    p.add_argument("--text", default=d.text)
+    p.add_argument("--checkpoints-from-cache", action="store_true",
+                   help="official weights from the talk2sam-weights cache (else random)")
+    p.add_argument("--node", action=argparse.BooleanOptionalAction, default=d.node,
+                   help="also benchmark through the real node over DDS (default on)")
+    p.add_argument("--node-frames", type=int, default=d.node_frames)
+    p.add_argument("--stream-hz", type=float, default=d.stream_hz)
+    p.add_argument("--stream-seconds", type=float, default=d.stream_seconds)
+    p.add_argument("--out", default=str(d.out), help="output folder for JSON + Markdown")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    try:
+        w, h = (int(v) for v in args.image_size.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"talk2sam-bench: error: --image-size {args.image_size!r} is not WxH")
+    if args.runs < 1 or args.warmup < 0:
+        raise SystemExit("talk2sam-bench: error: --runs must be >= 1 and --warmup >= 0")
+    return BenchConfig(preset=args.preset, device=args.device, dtype=args.dtype, sdpa=args.sdpa,
+                       compile=args.compile, runs=args.runs, warmup=args.warmup,
+                       image_size=(w, h), text=args.text,
+                       checkpoints_from_cache=args.checkpoints_from_cache, node=args.node,
+                       node_frames=args.node_frames, stream_hz=args.stream_hz,
+                       stream_seconds=args.stream_seconds, out=Path(args.out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    cfg = config_from_args(build_parser().parse_args(argv))
+    try:
+        result = run(cfg)
+    except (RuntimeError, ValueError, OSError) as exc:  # CheckpointError, bad preset, ...
+        print(f"talk2sam-bench: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(to_markdown(result))
+    print("wrote " + ", ".join(result["files"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
