@@ -1,0 +1,85 @@
+"""talk2sam-demo end to end on a fresh cache: trains a tiny head (minimal budget), runs the real
+node over DDS on loopback, and writes decodable PNGs and a consistent summary."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from talk2sam_ros import demo
+from talk2sam_ros.weights import ENV_DIR, trained_weights_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_node_arguments_and_params_file():
+    args = demo.NodeSettings(preset="b", device="cuda", dtype="bf16",
+                             checkpoints={"talk2sam": "/w/head.pt"}).ros_args()
+    assert args[:3] == ["--ros-args", "-r", "__node:=talk2sam"]
+    params = dict(a.split(":=", 1) for a in args[4::2])
+    assert params["preset"] == "b" and params["dtype"] == "bfloat16"
+    assert params["checkpoint_talk2sam"] == "/w/head.pt"
+    assert "allow_random_weights" not in params  # real presets need their files
+    bench_like = dict(a.split(":=", 1) for a in demo.NodeSettings(preset="h").ros_args()[4::2])
+    assert bench_like["allow_random_weights"] == "true"
+    assert demo.preset_from_params_file(REPO / "config" / "talk2sam.yaml") == "b"
+
+
+def test_image_messages_decode():
+    from std_msgs.msg import Header
+
+    from talk2sam_ros import conversions as conv
+
+    bridge = conv.make_bridge()
+    rng = np.random.default_rng(0)
+    mask = rng.random((7, 9)) > 0.5
+    rgb = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    assert np.array_equal(demo._image_array(conv.mask_to_msg(mask, Header(), bridge)) > 127,
+                          mask)
+    assert np.array_equal(demo._image_array(conv.rgb_to_bgr8_msg(rgb, Header(), bridge)), rgb)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_a_fresh_cache(tmp_path, ros_domain, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(ENV_DIR, str(cache))
+    out = tmp_path / "out"
+    rc = demo.main(["--out", str(out), "--synthetic", "3", "--stream-seconds", "1.5",
+                    "--rate", "10", "--train-images", "6", "--train-size", "64",
+                    "--train-epochs", "1", "--train-steps", "2", "-q"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert f"output folder: {out}" in printed
+    assert trained_weights_path("tiny").is_file()  # trained once, found by later runs
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / "summary.md").read_text().startswith("# talk2sam-demo")
+    frames = summary["frames"]
+    answered = [f for f in frames if f["answered"]]
+    assert summary["frames_sent"] == len(frames) == len(demo.PHOTO_PROMPTS) + 3
+    assert summary["frames_processed"] == len(answered) > 0
+    assert summary["frames_unanswered"] == len(frames) - len(answered)
+    assert {f["mode"] for f in frames} == {"text+box", "text-only"}
+    for f in answered:
+        source = cv2.imread(str(out / f["files"]["input"]))
+        assert source is not None
+        for kind in ("overlay", "mask", "similarity", "grasp"):
+            img = cv2.imread(str(out / f["files"][kind]), cv2.IMREAD_UNCHANGED)
+            assert img is not None and img.shape[:2] == source.shape[:2], (f["name"], kind)
+        mask = cv2.imread(str(out / f["files"]["mask"]), cv2.IMREAD_GRAYSCALE)
+        assert int((mask > 127).sum()) == f["mask_area"]
+        assert f["latency_ms"] > 0
+    ious = [f["iou"] for f in answered if f["source"] == "synthetic"]
+    assert ious and all(0.0 <= v <= 1.0 for v in ious)
+    by_mode = summary["miou_synthetic"]
+    for mode in ("text+box", "text-only"):
+        vals = [f["iou"] for f in answered if f["source"] == "synthetic" and f["mode"] == mode]
+        assert by_mode[mode] == (pytest.approx(float(np.mean(vals))) if vals else None)
+    assert summary["end_to_end_ms"]["n"] == len(answered)
+    assert summary["stages_ms"]["encode_image"]["median"] > 0
+    st = summary["stream"]
+    assert st["sent"] > 0 and 0 <= st["processed"] <= st["sent"]
+    assert summary["node_counters"]["frames_processed"] >= len(answered)
