@@ -280,8 +280,9 @@ def save_grid(rows: list[dict[str, Any]], path: Path) -> None:
             (draw_overlay(rgb, masks=row["talk2sam"][None], boxes=boxes) if row["talk2sam"]
              is not None else rgb, f"IoU {row['iou_talk2sam']:.2f}"
              if row["talk2sam"] is not None else "n/a"),
-            (blend_similarity(rgb, row["similarity"], 0.6) if row["similarity"] is not None
-             else rgb, "similarity"),
+            (blend_similarity(rgb, row["similarity"], 0.6), "{:.2f}..{:.2f}".format(
+                float(row["similarity"].min()), float(row["similarity"].max())))
+            if row["similarity"] is not None else (rgb, "n/a"),
         ]
         for c, (img, title) in enumerate(panels):
             ax = axes[r][c]
