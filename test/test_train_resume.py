@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from talk2sam_ros.model import build_talk2sam
 from talk2sam_ros.training.train import train
 from train_helpers import shared_dirs, tiny_config  # noqa: F401 (fixture)
 
@@ -92,3 +93,21 @@ def test_resume_after_kill_and_after_max_steps(shared_dirs: tuple[Path, Path],
     _assert_same(ref, resumed)
     # the log is continuous: each step once, in order
     assert _train_steps(out / "log.jsonl") == list(range(1, 7))
+
+
+@pytest.mark.slow
+def test_grad_accumulation_equals_the_larger_batch(shared_dirs: tuple[Path, Path],
+                                                   tmp_path: Path) -> None:
+    data, cache = shared_dirs
+    common = dict(train_limit=4, val_limit=1, epochs=1, threads=1, val_at_start=False,
+                  optimizer="sgd", lr=0.05, momentum=0.0, grad_clip=0.0, lr_schedule="constant")
+    big = train(tiny_config(data, cache, tmp_path / "b2", batch_size=2, **common))
+    acc = train(tiny_config(data, cache, tmp_path / "b1x2", batch_size=1, grad_accum=2,
+                            **common))
+    wa, wb = _weights(big), _weights(acc)
+    assert torch.load(big, weights_only=True)["meta"]["step"] == 2
+    assert torch.load(acc, weights_only=True)["meta"]["step"] == 2
+    init = build_talk2sam("tiny").trainable_state_dict()
+    assert any(not torch.allclose(wa[k], init[k]) for k in wa)  # both really trained
+    for k in wa:  # mean of two 1-image losses == loss of the 2-image batch
+        assert torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-4), k

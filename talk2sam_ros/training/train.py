@@ -17,8 +17,8 @@ Exact resume (also after ``kill -9``): the checkpoint holds the trainable weight
 LR scheduler, grad scaler, the torch/CUDA/numpy/python RNG states and the data position
 (epoch, micro-batch). Data order is a function of (seed, epoch) (DistributedSampler), each
 sample's augmentation a function of (seed, epoch, index) and the loss's point sampling a
-function of (seed, step, rank), so the resumed run replays exactly the batches, augmentations
-and points of the uninterrupted one. Never imports rclpy.
+function of (seed, epoch, micro-batch, rank), so the resumed run replays exactly the batches,
+augmentations and points of the uninterrupted one. Never imports rclpy.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from talk2sam_ros.metrics import boundary_iou, mask_iou
-from talk2sam_ros.model.build import build_talk2sam, load_trained_weights, save_trained_weights
+from talk2sam_ros.model.build import build_talk2sam, save_trained_weights
 from talk2sam_ros.model.checkpoints import atomic_torch_save
 from talk2sam_ros.model.config import get_preset
 from talk2sam_ros.model.talk2sam import ForwardOutput, ImageFeatures, Talk2SAM
@@ -408,7 +408,6 @@ class Position:
     micro: int = 0
     step: int = 0
     best_miou: float = -1.0
-    history: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- logging / plots
@@ -614,8 +613,9 @@ class Trainer:
         rows, texts, boxes, targets = _rows(batch)
         feats = self._features(batch).select(rows)
         text_emb = self.texts(texts)
-        gen = torch.Generator(device=self.device).manual_seed(
-            (cfg.seed * 1_000_003 + self.pos.step * 131 + self.info.rank) % 2 ** 63)
+        # point sampling: a function of (seed, epoch, micro-batch, rank) only
+        key = ((cfg.seed * 10_007 + self.pos.epoch) * 1_000_003 + self.pos.micro) * 257
+        gen = torch.Generator(device=self.device).manual_seed((key + self.info.rank) % 2 ** 63)
         ddp = isinstance(self.forward, nn.parallel.DistributedDataParallel)
         ctx = self.forward.no_sync() if ddp and not sync else nullcontext()
         amp = (torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext())
@@ -671,7 +671,6 @@ class Trainer:
             _barrier(self.info)
         self.cache_seconds = time.perf_counter() - t_cache
         t_start = time.time()
-        steps_this_run = 0
         if not resumed:
             self.log.truncate_after(-1)
             if cfg.val_at_start:
@@ -679,13 +678,12 @@ class Trainer:
         stopped = False
         while self.pos.epoch < cfg.epochs and not stopped:
             stopped = self._run_epoch()
-            steps_this_run = self.pos.step
         elapsed = time.time() - t_start
         self.in_sync = self._ranks_in_sync()
         final = self.out / WEIGHTS_NAME
         self.export(final, {"stopped_early": stopped})
         if self.info.main:
-            self._write_summary(elapsed, steps_this_run, stopped)
+            self._write_summary(elapsed, stopped)
             if self.log.records():
                 plot_curves(self.log.path, self.out / PLOT_NAME)
         _barrier(self.info)
@@ -757,7 +755,7 @@ class Trainer:
         dist.all_reduce(diff, op=dist.ReduceOp.MAX)
         return float(diff) == 0.0
 
-    def _write_summary(self, elapsed: float, steps: int, stopped: bool) -> None:
+    def _write_summary(self, elapsed: float, stopped: bool) -> None:
         vals = [r for r in self.log.records() if r.get("kind") == "val"]
         summary = {
             "parameters": self.counts, "steps": self.pos.step, "epochs_done": self.pos.epoch,
