@@ -30,7 +30,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               "accurate); open: pocketsphinx's open-vocabulary language model with the "
               "category searched in the text (for comparison only).", choices=MODES),
     ParamSpec("min_confidence", _R.min_confidence, "Utterances with a lower confidence "
-              "(phone-loop likelihood ratio of the category words, docs/speech.md) publish "
+              "(phone-loop likelihood ratio of the recognised words, docs/speech.md) publish "
               "nothing on `category` and are reported as rejected.", low=0.0, high=1.0),
     ParamSpec("confidence_scale", _R.confidence_scale, "confidence = exp(mean per-frame log "
               "likelihood ratio / confidence_scale); larger = more lenient.", low=0.1,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -287,7 +288,6 @@ class SpeechRecognizer:
         self.vocab, self.config = vocab, config
         self.pronunciations = resolve_pronunciations(vocab, config.dictionary or None)
         self.jsgf = build_jsgf(vocab)
-        self._rng = np.random.default_rng(config.seed)
         hmm, phone_lm = _model_paths(config)
         quiet = {"loglevel": "FATAL"}
         with tempfile.TemporaryDirectory(prefix="talk2sam_speech_") as tmp:
@@ -340,9 +340,13 @@ class SpeechRecognizer:
                            accepted, reason, candidate=parsed.category, **base)
 
     def _dithered(self, samples: np.ndarray) -> np.ndarray:
+        samples = np.asarray(samples, np.int16)
         if self.config.dither <= 0:
-            return np.asarray(samples, np.int16)
-        noise = self._rng.normal(0.0, self.config.dither, len(samples))
+            return samples
+        # Seeded by the audio itself: the same utterance always gets the same decision,
+        # whatever was decoded before (node, CLI and tests agree).
+        rng = np.random.default_rng([self.config.seed, zlib.crc32(samples.tobytes())])
+        noise = rng.normal(0.0, self.config.dither, len(samples))
         return to_int16(np.asarray(samples, np.float64) + noise)
 
     @staticmethod
