@@ -27,7 +27,10 @@ WEIGHTS_FORMAT = "talk2sam_ros.trained_weights"
 WEIGHTS_VERSION = 1
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 # Config fields that define the architecture of the frozen parts / the saved tensors.
-_ARCH_FIELDS = ("sam", "dino", "clip", "dino_dim", "dino_heads", "train_full_decoder")
+_ARCH_FIELDS = ("sam", "dino", "clip", "dino_dim", "dino_heads", "train_full_decoder",
+                "train_clip_projection")
+# Values of architecture fields added after files were written without them.
+_ARCH_DEFAULTS = {"train_clip_projection": False}
 
 
 def build_talk2sam(preset: str | ModelConfig | None = "tiny",
@@ -65,6 +68,9 @@ def build_talk2sam(preset: str | ModelConfig | None = "tiny",
         sam = build_sam_hq(config.sam)
         mask_prompt = MaskPromptEncoder(config.sam.prompt_dim, config.sam.mask_in_chans,
                                         config.prompt_scale_init, config.prompt_bias_init)
+    if config.train_clip_projection and text_encoder.tower.text_projection is None:
+        raise ValueError(f"train_clip_projection: {config.clip.open_clip_name} has no "
+                         "text_projection")
     if dino.embed_dim != config.dino_dim or dino.num_heads != config.dino_heads:
         raise ValueError(f"config dino_dim/dino_heads {config.dino_dim}/{config.dino_heads} "
                          f"do not match {config.dino.timm_name} ({dino.embed_dim}/"
@@ -91,6 +97,9 @@ def build_talk2sam(preset: str | ModelConfig | None = "tiny",
     model.to(device)
     for frozen in (text_encoder, dino, sam.image_encoder):
         frozen.to(dtype)
+    with torch.no_grad():  # trainable parts stay float32 (CLIP's text_projection, if trained)
+        for param in model.trainable_parameters():
+            param.data = param.data.float()
     model.encoder_dtype = dtype
     if config.sam_sdpa:
         use_sdpa_attention(sam.image_encoder)
@@ -177,7 +186,8 @@ def load_trained_weights(model: Talk2SAM, path: str | os.PathLike,
     data = _read_weights_file(path)
     file_cfg = data["config"]
     model_cfg = model.config.to_dict()
-    diff = [f for f in _ARCH_FIELDS if file_cfg.get(f) != model_cfg.get(f)]
+    diff = [f for f in _ARCH_FIELDS
+            if file_cfg.get(f, _ARCH_DEFAULTS.get(f)) != model_cfg.get(f)]
     if diff:
         raise CheckpointError(
             f"talk2sam: {path} was trained for preset {file_cfg.get('preset')!r} with a "

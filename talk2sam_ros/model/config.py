@@ -100,6 +100,9 @@ class ModelConfig:
     multimask_output: bool = False
     hq_token_only: bool = True  # SAM-HQ's own evaluation uses the HQ logits alone
     train_full_decoder: bool = False  # False: only SAM-HQ's HQ parts of the decoder learn
+    # The paper's "CLIP partial": CLIP's final text_projection learns too (texts are then
+    # cached before it; see docs/model.md).
+    train_clip_projection: bool = False
     # Text-only mode: boxes from the similarity map (see similarity.boxes_from_similarity).
     text_box_threshold: float = 0.55
     text_box_relative: float = 0.5

@@ -122,8 +122,9 @@ class Talk2SAMPredictor:
 
     # ------------------------------------------------------------------ text
     def text_embedding(self, text: str) -> torch.Tensor:
-        """(1, 512) CLIP template-ensemble embedding of `text`, LRU-cached (frozen encoder, so
-        the cache stays valid when trained weights are (re)loaded)."""
+        """`model.encode_texts` features of `text` (the CLIP template ensemble; before CLIP's
+        text_projection when that is trained), LRU-cached: frozen, so the cache stays valid
+        when trained weights are (re)loaded."""
         key = text.strip()
         with self._lock:
             cached = self._text_cache.get(key)

@@ -1,5 +1,6 @@
 """The Talk2SAM nn.Module: frozen CLIP text tower, DINOv2 and SAM-HQ encoders; trainable
-Talk2DINO projection, mask-prompt encoder and SAM-HQ's HQ decoder parts.
+Talk2DINO projection, mask-prompt encoder and SAM-HQ's HQ decoder parts (optionally also CLIP's
+final text_projection, config.train_clip_projection).
 
 Two paths share the same pieces:
 - batched, differentiable training path: `encode_images` (frozen, cacheable features) then
@@ -27,6 +28,8 @@ from .sam_hq import HQ_PARTS, decode_hq, hq_features
 from .similarity import (attention_max_cosine, cosine_to_unit, head_embeddings, l2_normalize,
                          patch_cosine)
 from .text_encoder import CLIPTextEncoder
+
+CLIP_PROJECTION_KEY = "text_encoder.tower.text_projection"
 
 
 @dataclass
@@ -108,13 +111,16 @@ class Talk2SAM(nn.Module):
     def _is_trainable_key(self, name: str) -> bool:
         if name.startswith(("projection.", "mask_prompt.")):
             return True
+        if name.startswith(CLIP_PROJECTION_KEY):
+            return self.config.train_clip_projection
         if name.startswith("sam.mask_decoder."):
             return self.config.train_full_decoder or any(p in name for p in HQ_PARTS)
         return False
 
     def set_trainable(self) -> None:
         """requires_grad on the trainable parts only (projection, mask-prompt encoder, HQ
-        decoder parts or the whole decoder with config.train_full_decoder)."""
+        decoder parts or the whole decoder with config.train_full_decoder, CLIP's
+        text_projection with config.train_clip_projection)."""
         for name, param in self.named_parameters():
             param.requires_grad_(self._is_trainable_key(name))
 
@@ -187,17 +193,24 @@ class Talk2SAM(nn.Module):
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """Texts -> (T, 512) CLIP template-ensemble embeddings (before the projection)."""
+        """Texts -> the frozen, cacheable text features that `project_text` takes: (T, 512)
+        CLIP template-ensemble embeddings; with config.train_clip_projection the (T, width)
+        ensemble before CLIP's trainable text_projection, so caches stay valid while it
+        learns or when trained weights are (re)loaded."""
         for text in texts:
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"text prompts must be non-empty strings, got {text!r}")
-        return self.text_encoder.encode_with_templates([t.strip() for t in texts],
-                                                       self.config.templates)
+        return self.text_encoder.encode_with_templates(
+            [t.strip() for t in texts], self.config.templates,
+            project=not self.config.train_clip_projection)
 
     # ------------------------------------------------------------------ prompt-side pieces
-    def project_text(self, clip_embeddings: torch.Tensor) -> torch.Tensor:
-        """(T, 512) -> (T, D) L2-normalised projected text (Talk2DINO: average, project, norm)."""
-        return l2_normalize(self.projection(clip_embeddings.float()))
+    def project_text(self, text_features: torch.Tensor) -> torch.Tensor:
+        """`encode_texts` output -> (T, D) L2-normalised projected text (Talk2DINO: average,
+        project, norm); applies CLIP's text_projection first with train_clip_projection."""
+        if self.config.train_clip_projection:
+            text_features = self.text_encoder.project(text_features)
+        return l2_normalize(self.projection(text_features.float()))
 
     def cosine_grid(self, text: torch.Tensor, patches_n: torch.Tensor, head_emb: torch.Tensor,
                     attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -238,7 +251,7 @@ class Talk2SAM(nn.Module):
 
         features: B items (ImageFeatures, on the model device); texts: B strings, or None for
         SAM-HQ's box-only mode; boxes: (B, 4) XYXY source pixels; text_embeddings: optional
-        precomputed (B, 512) `encode_texts` output (frozen, so callers may cache it).
+        precomputed `encode_texts` output (frozen, so callers may cache it).
         Gradients reach only the trainable parts.
         """
         b = len(features)

@@ -1,4 +1,5 @@
-"""Frozen CLIP text tower (open_clip) with Talk2DINO's template ensemble."""
+"""CLIP text tower (open_clip, frozen except optionally its final text_projection) with
+Talk2DINO's template ensemble."""
 from __future__ import annotations
 
 import logging
@@ -8,6 +9,7 @@ from typing import Sequence
 import open_clip
 import torch
 from open_clip.model import CLIPTextCfg, _build_text_tower
+from open_clip.transformer import text_global_pool
 from torch import nn
 
 from .checkpoints import CheckpointError, load_into, read_state_dict
@@ -42,18 +44,42 @@ class CLIPTextEncoder(nn.Module):
         return self.tower.positional_embedding.device
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+    def encode(self, texts: Sequence[str], project: bool = True) -> torch.Tensor:
+        """(N, embed_dim) `encode_text` features, or with project=False the pooled features
+        before the final text_projection (N, width)."""
         tokens = self.tokenizer(list(texts)).to(self.device)
-        return self.tower(tokens).float()
+        if project:
+            return self.tower(tokens).float()
+        return self._pooled(tokens).float()
+
+    def _pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        """open_clip TextTransformer.forward up to, not including, text_projection."""
+        tower = self.tower
+        if tower.cls_emb is not None or tower.text_projection is None:
+            raise ValueError("pre-projection text features need a CLIP text tower without a "
+                             "class token and with a text_projection")
+        x, attn_mask = tower._embeds(tokens)
+        x = tower.ln_final(tower.transformer(x, attn_mask=attn_mask))
+        return text_global_pool(x, tokens, pool_type=tower.pool_type,
+                                eos_token_id=getattr(tower, "eos_id", None))
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """CLIP's final text_projection (differentiable): (N, width) -> (N, embed_dim)."""
+        proj = self.tower.text_projection
+        if isinstance(proj, nn.Linear):
+            return proj(pooled.to(proj.weight.dtype))
+        return pooled.to(proj.dtype) @ proj
 
     @torch.no_grad()
-    def encode_with_templates(self, names: Sequence[str], templates: Sequence[str]
-                              ) -> torch.Tensor:
+    def encode_with_templates(self, names: Sequence[str], templates: Sequence[str],
+                              project: bool = True) -> torch.Tensor:
         """Talk2DINO's ensemble: for each name, every template through `encode_text`
         (unnormalised), averaged over templates. Returns (N, embed_dim) float32; projection and
-        L2 normalisation come afterwards."""
+        L2 normalisation come afterwards. project=False averages the features before CLIP's
+        text_projection instead ((N, width); the projection is linear, so `project()` of that
+        mean equals the mean of the projected features)."""
         prompts = [t.format(n) for n in names for t in templates]
-        feats = self.encode(prompts).view(len(names), len(templates), -1)
+        feats = self.encode(prompts, project).view(len(names), len(templates), -1)
         return feats.mean(dim=1)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:

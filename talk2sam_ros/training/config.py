@@ -50,7 +50,7 @@ class TrainConfig:
     projection_checkpoint: str = ""  # official Talk2DINO projection as the starting point
     init_weights: str = ""  # start from one of our trained-weights files
     similarity_mode: str = ""  # "" keeps the preset's ("patch" | "attention_max")
-    tune_clip_projection: bool = False  # paper's "CLIP partial"; needs model support
+    tune_clip_projection: bool = False  # paper's "CLIP partial": CLIP's text_projection learns
     # ---- optimisation
     optimizer: str = "sgd"
     lr: float = 1e-3

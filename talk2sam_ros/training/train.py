@@ -166,6 +166,8 @@ def build_model_for(cfg: TrainConfig, device: torch.device | str = "cpu",
     model_cfg = get_preset(cfg.preset)
     if cfg.similarity_mode:
         model_cfg = model_cfg.replace(similarity_mode=cfg.similarity_mode)
+    if cfg.tune_clip_projection:
+        model_cfg = model_cfg.replace(train_clip_projection=True)
     return build_talk2sam(model_cfg, checkpoints=checkpoint_paths(cfg), device=device,
                           dtype=dtype)
 
@@ -269,7 +271,8 @@ class _Forward(nn.Module):
 
 
 class TextCache:
-    """CLIP template-ensemble embeddings per category (the text tower is frozen)."""
+    """`encode_texts` features per category: frozen (with tune_clip_projection they stop
+    before CLIP's text_projection, which `forward_features` applies at every step)."""
 
     def __init__(self, model: Talk2SAM) -> None:
         self.model = model
@@ -483,9 +486,6 @@ class Trainer:
         self.info = init_distributed(kind)
         self.device = pick_device(cfg.device, self.info)
         seed_everything(cfg.seed + self.info.rank, cfg.deterministic)
-        if cfg.tune_clip_projection:
-            raise ValueError("tune_clip_projection needs the model core to expose CLIP's text "
-                             "projection as a trainable part (not available yet)")
         self.amp = autocast_dtype(cfg.precision, self.device)
         enc_dtype = self.amp or torch.float32
         self.model = build_model_for(cfg, self.device, enc_dtype)
