@@ -348,13 +348,23 @@ class Talk2SAMNode(LifecycleNode):
         self.trigger_activate()
 
     def _load_model(self, cfg: NodeConfig) -> None:
-        from talk2sam_ros.model import Talk2SAMPredictor, build_talk2sam
+        from talk2sam_ros.model import (CheckpointError, Talk2SAMPredictor, build_talk2sam,
+                                        trained_weights_config)
         from talk2sam_ros.model.config import get_preset
 
         log = self.get_logger()
         device, dtype = resolve_device(cfg.device, cfg.dtype)
         checkpoints = resolve_checkpoints(cfg)
-        config = get_preset(cfg.preset).replace(**cfg.model_overrides)
+        if "talk2sam" in checkpoints:
+            # the trained file's architecture flags (full decoder, CLIP projection, similarity
+            # mode) decide the model it loads onto; the preset must still agree
+            config = trained_weights_config(checkpoints["talk2sam"])
+            if config.preset != cfg.preset:
+                raise CheckpointError(f"checkpoint_talk2sam {checkpoints['talk2sam']} was trained "
+                                      f"for preset {config.preset!r}, not {cfg.preset!r}")
+        else:
+            config = get_preset(cfg.preset)
+        config = config.replace(**cfg.model_overrides)
         self._device = device
         self._model = build_talk2sam(config, checkpoints={k: str(v) for k, v in
                                                           checkpoints.items()},

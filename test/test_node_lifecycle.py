@@ -87,10 +87,13 @@ def test_invalid_parameter_values_are_refused_with_a_reason(ros):
 
 
 def test_configure_succeeds_once_the_weights_path_is_fixed(ros):
-    from talk2sam_ros.model import build_talk2sam, save_trained_weights
+    from talk2sam_ros.model import build_talk2sam, get_preset, save_trained_weights
 
+    # same fixed-seed tiny encoders; trained with a non-default architecture flag, which the
+    # node must take from the file rather than from the preset
     weights = ros.tmp / "talk2sam_tiny.pt"
-    save_trained_weights(build_talk2sam("tiny"), weights)  # same fixed-seed tiny encoders
+    save_trained_weights(build_talk2sam(get_preset("tiny").replace(train_clip_projection=True)),
+                         weights)
     client = ros.client
     assert all(r.successful for r in client.set_parameters(checkpoint_talk2sam=str(weights)))
     assert client.change_state("configure") is True, ros.log_text()[-3000:]

@@ -6,7 +6,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", (FutureWarning, UserWarning))
     import segment_anything_hq  # noqa: F401
 
-from .build import build_talk2sam, load_trained_weights, save_trained_weights
+from .build import (build_talk2sam, load_trained_weights, save_trained_weights,
+                    trained_weights_config)
 from .checkpoints import CHECKPOINT_PARTS, CheckpointError
 from .config import PRESETS, SUB_IMAGENET_TEMPLATES, ModelConfig, get_preset
 from .predictor import Prediction, Talk2SAMPredictor
@@ -27,4 +28,5 @@ __all__ = [
     "get_preset",
     "load_trained_weights",
     "save_trained_weights",
+    "trained_weights_config",
 ]

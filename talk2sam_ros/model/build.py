@@ -55,7 +55,7 @@ def build_talk2sam(preset: str | ModelConfig | None = "tiny",
     if preset is None:
         if "talk2sam" not in checkpoints:
             raise ValueError("preset=None needs checkpoints['talk2sam'] to read the config from")
-        config = ModelConfig.from_dict(_read_weights_file(checkpoints["talk2sam"])["config"])
+        config = trained_weights_config(checkpoints["talk2sam"])
     elif isinstance(preset, ModelConfig):
         config = preset
     else:
@@ -177,6 +177,16 @@ def _read_weights_file(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"talk2sam: {path} has version {data.get('version')}, "
                               f"expected {WEIGHTS_VERSION}")
     return data
+
+
+def trained_weights_config(path: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig a trained-weights file was trained with (its architecture flags, e.g.
+    train_full_decoder / train_clip_projection, must be used to build the model it loads on)."""
+    data = _read_weights_file(path)
+    try:
+        return ModelConfig.from_dict(data["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"talk2sam: {path} has no valid model config ({exc})") from exc
 
 
 def load_trained_weights(model: Talk2SAM, path: str | os.PathLike,

@@ -42,8 +42,9 @@ from tqdm.auto import tqdm
 
 from talk2sam_ros.metrics import binarize_gt, boundary_iou, mask_iou
 from talk2sam_ros.model import transforms as T
-from talk2sam_ros.model.build import build_talk2sam, load_trained_weights
-from talk2sam_ros.model.config import ModelConfig, get_preset
+from talk2sam_ros.model.build import (build_talk2sam, load_trained_weights,
+                                      trained_weights_config)
+from talk2sam_ros.model.config import get_preset
 from talk2sam_ros.model.talk2sam import ImageFeatures, Talk2SAM
 from talk2sam_ros.training.data import (Sample, box_from_mask, list_samples, part_boxes,
                                         read_gt, read_image)
@@ -161,14 +162,6 @@ def run_method(model: Talk2SAM, method: str, feats: ImageFeatures, boxes: np.nda
     return logits[:, 0].float().cpu().numpy(), None
 
 
-def _weights_config(path: str) -> ModelConfig:
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        return ModelConfig.from_dict(data["config"])
-    except (KeyError, TypeError):
-        raise ValueError(f"{path} is not a Talk2SAM trained-weights file") from None
-
-
 class Heads:
     """The model with two swappable sets of trainable parts: ``baseline`` = what the preset's
     checkpoints give (the official SAM-HQ HQ decoder, SAM's mask encoder), ``trained`` = our
@@ -200,7 +193,7 @@ def build_eval_model(cfg: EvalConfig, device: torch.device) -> Heads:
     from talk2sam_ros.training.train import resolve_checkpoints
 
     if cfg.weights:
-        model_cfg = _weights_config(cfg.weights)
+        model_cfg = trained_weights_config(cfg.weights)
         if cfg.preset and cfg.preset != model_cfg.preset:
             raise ValueError(f"--preset {cfg.preset} but {cfg.weights} was trained for "
                              f"preset {model_cfg.preset}")
