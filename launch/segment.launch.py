@@ -42,7 +42,9 @@ ARGUMENTS = [
     ("use_rviz", "true", "Start rviz2 with config/talk2sam.rviz (image, overlay, "
      "similarity_color, mask)."),
     ("use_speech", "false", "Start talk2sam_speech (offline speech -> `category`) with "
-     "params_file."),
+     "speech_params_file."),
+    ("speech_params_file", "", "Speech node parameters YAML; empty = the installed "
+     "config/speech.yaml."),
     ("log_level", "info", "Log level of the nodes (debug, info, warn, error)."),
 ]
 # Launch argument -> node parameter it overrides (string parameters, applied when non-empty).
@@ -58,7 +60,8 @@ PARAM_ARGS = {
 # Launch argument -> the node's relative topic name it remaps (when non-empty).
 REMAP_ARGS = {"image_topic": "image", "prompt_topic": "prompt", "category_topic": "category"}
 # Arguments used by the launch file itself.
-LAUNCH_ARGS = ("namespace", "params_file", "use_rviz", "use_speech", "log_level")
+LAUNCH_ARGS = ("namespace", "params_file", "use_rviz", "use_speech", "speech_params_file",
+               "log_level")
 
 
 def _true(value: str) -> bool:
@@ -86,9 +89,10 @@ def _setup(context, *args, **kwargs):
                             namespace=namespace, remappings=remaps, output="screen",
                             arguments=["-d", os.path.join(share, "config", "talk2sam.rviz")]))
     if _true(arg("use_speech")):
+        speech_params = arg("speech_params_file") or os.path.join(share, "config", "speech.yaml")
         actions.append(Node(package=PACKAGE, executable="talk2sam_speech",
                             name="talk2sam_speech", namespace=namespace,
-                            parameters=[params_file], ros_arguments=ros_args,
+                            parameters=[speech_params], ros_arguments=ros_args,
                             remappings=[r for r in remaps if r[0] == "category"],
                             output="screen", emulate_tty=True))
     return actions

@@ -69,7 +69,7 @@ def test_arguments_are_declared_through_declare_launch_argument(tree):
 def test_referenced_files_and_executables_exist(tree):
     strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
                and isinstance(n.value, str)}
-    for name in ("talk2sam.yaml", "talk2sam.rviz"):
+    for name in ("talk2sam.yaml", "talk2sam.rviz", "speech.yaml"):
         assert name in strings and (REPO / "config" / name).is_file()
     node_calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
                   and getattr(n.func, "id", None) == "Node"]
