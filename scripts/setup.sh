@@ -40,7 +40,7 @@ log "virtual environment $VENV"
 PY=$VENV/bin/python
 PIP=("$PY" -m pip --disable-pip-version-check -q)
 stamp=$VENV/.t2s-requirements.sha256
-want=$(cat requirements.txt setup.py package.xml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-model.txt setup.py package.xml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "pip install -r requirements.txt (first run: about 3 minutes, 6 GB)"
   "${PIP[@]}" install -r requirements.txt
