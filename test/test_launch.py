@@ -165,3 +165,11 @@ def test_docs_tables_cover_every_parameter_topic_and_launch_argument(tree):
         assert f"| `{topic}` |" in doc, topic
     for name, _, _ in _module_constant(tree, "ARGUMENTS"):
         assert f"`{name}`" in doc, name
+
+
+def test_readme_tables_cover_every_parameter_and_topic():
+    readme = (REPO / "README.md").read_text()
+    for spec in PARAMS:
+        assert f"| `{spec.name}` |" in readme, spec.name
+    for topic in SUBSCRIPTIONS + PUBLICATIONS:
+        assert f"| `{topic}` |" in readme, topic
