@@ -23,8 +23,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Point32, Polygon
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -36,8 +35,9 @@ from talk2sam_ros import conversions as conv
 from talk2sam_ros.grasp import grasp_from_mask
 from talk2sam_ros.msg import GraspCandidate, SegmentationResult, StageTiming, TextBoxPrompt
 from talk2sam_ros.node_config import (CHECKPOINT_PARTS, DIAGNOSTICS_TOPIC, NODE_NAME,
-                                      PARAM_BY_NAME, PARAMS, NodeConfig, ParamSpec,
-                                      check_value, node_config_from_params)
+                                      PARAM_BY_NAME, PARAMS, NodeConfig, check_value,
+                                      node_config_from_params)
+from talk2sam_ros.ros_params import descriptor
 from talk2sam_ros.visualize import blend_similarity, draw_overlay, label_image
 
 # Prompts from `category` (text only) carry this id in their results.
@@ -115,25 +115,6 @@ class Throttle:
 def reason_kind(reason: str) -> str:
     """The kind of a rejection reason: its text without numbers and quoted values."""
     return re.sub(r"\d+", "#", re.sub(r"'[^']*'", "''", reason))
-
-
-def descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    """ROS parameter descriptor (description, choices, range) of one parameter."""
-    desc = ParameterDescriptor(name=spec.name, description=spec.description)
-    notes = []
-    if spec.choices:
-        notes.append(f"one of: {', '.join(spec.choices)}")
-    if not spec.live:
-        notes.append("applied at configure")
-    desc.additional_constraints = "; ".join(notes)
-    if spec.low is not None:
-        if isinstance(spec.default, float):
-            desc.floating_point_range = [FloatingPointRange(
-                from_value=float(spec.low), to_value=float(spec.high), step=0.0)]
-        else:
-            desc.integer_range = [IntegerRange(from_value=int(spec.low),
-                                               to_value=int(spec.high), step=1)]
-    return desc
 
 
 def resolve_device(device: str, dtype: str) -> tuple[str, Any]:

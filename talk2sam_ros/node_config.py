@@ -7,7 +7,7 @@ where parameters are interpreted). Tests and the launch-file check import the sa
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -228,27 +228,36 @@ def check_value(spec: ParamSpec, value: Any) -> str | None:
     return None
 
 
-def node_config_from_params(values: Mapping[str, Any]) -> NodeConfig:
-    """NodeConfig from parameter values (missing ones take their defaults).
+def values_from_params(specs: Sequence[ParamSpec],
+                       values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(every spec's value, missing ones defaulted and ints widened to float parameters;
+    why each bad value is not allowed) for a node's parameter table.
 
-    Raises ValueError naming every bad value and the allowed ones, and on unknown names.
+    Raises ValueError on names that are not in `specs`.
     """
-    unknown = sorted(set(values) - set(PARAM_BY_NAME))
+    unknown = sorted(set(values) - {spec.name for spec in specs})
     if unknown:
         raise ValueError(f"unknown parameters: {', '.join(unknown)}")
     merged: dict[str, Any] = {}
     problems = []
-    for spec in PARAMS:
+    for spec in specs:
         value = values.get(spec.name, spec.default)
         problem = check_value(spec, value)
         if problem:
             problems.append(problem)
         merged[spec.name] = float(value) if isinstance(spec.default, float) and \
             isinstance(value, int) else value
+    return merged, problems
+
+
+def node_config_from_params(values: Mapping[str, Any]) -> NodeConfig:
+    """NodeConfig from parameter values (missing ones take their defaults).
+
+    Raises ValueError naming every bad value and the allowed ones, and on unknown names.
+    """
+    merged, problems = values_from_params(PARAMS, values)
     if merged["publish_similarity_without_prompt"] and not str(merged["idle_text"]).strip():
         problems.append("publish_similarity_without_prompt needs a non-empty idle_text")
     if problems:
         raise ValueError("; ".join(problems))
     return NodeConfig(**merged)
-
-

@@ -21,14 +21,13 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from talk2sam_ros.msg import AudioChunk, SpeechCategory
-from talk2sam_ros.node_config import ParamSpec
+from talk2sam_ros.ros_params import descriptor
 from talk2sam_ros.speech.grammar import default_vocabulary_path, load_vocabulary
 from talk2sam_ros.speech.params import (AUDIO_TOPIC, CATEGORY_TOPIC, NODE_NAME, PARAMS,
                                         RESULT_TOPIC, SpeechConfig,
@@ -37,21 +36,6 @@ from talk2sam_ros.speech.recognizer import Recognition, SpeechPipeline, SpeechRe
 
 MIN_RATE, MAX_RATE = 1000, 384000  # accepted AudioChunk.sample_rate, Hz
 POLL_S = 0.05  # microphone queue / idle-flush timer period
-
-
-def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    """Read-only descriptor: the recogniser is built once, at start-up."""
-    desc = ParameterDescriptor(name=spec.name, description=spec.description, read_only=True,
-                               additional_constraints="read at start-up" + (
-                                   f"; one of: {', '.join(spec.choices)}" if spec.choices
-                                   else ""))
-    if spec.low is not None and isinstance(spec.default, float):
-        desc.floating_point_range = [FloatingPointRange(from_value=float(spec.low),
-                                                        to_value=float(spec.high))]
-    elif spec.low is not None and not isinstance(spec.default, bool):
-        desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high),
-                                           step=1)]
-    return desc
 
 
 def open_microphone(config: SpeechConfig, callback) -> Any:
@@ -93,7 +77,7 @@ class SpeechNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         for spec in PARAMS:
-            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+            self.declare_parameter(spec.name, spec.default, descriptor(spec, read_only=True))
         cfg = speech_config_from_params(
             {spec.name: self.get_parameter(spec.name).value for spec in PARAMS})
         self._cfg = cfg

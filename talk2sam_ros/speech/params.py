@@ -1,6 +1,6 @@
 """Parameters of ``talk2sam_speech`` (one table) and their conversion into a SpeechConfig.
 
-ROS-free, like ``talk2sam_ros.node_config`` whose ParamSpec/check_value it reuses. Defaults
+ROS-free, like ``talk2sam_ros.node_config`` whose ParamSpec/values_from_params it reuses. Defaults
 come from the core's frozen dataclasses, so node, CLI and tests cannot disagree.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from talk2sam_ros.node_config import ParamSpec, check_value
+from talk2sam_ros.node_config import ParamSpec, values_from_params
 from talk2sam_ros.speech.recognizer import (MODES, RecognizerConfig, SegmenterConfig)
 
 NODE_NAME = "talk2sam_speech"
@@ -90,17 +90,7 @@ def speech_config_from_params(values: Mapping[str, Any]) -> SpeechConfig:
 
     Raises ValueError naming every bad value and the allowed ones, and on unknown names.
     """
-    unknown = sorted(set(values) - set(PARAM_BY_NAME))
-    if unknown:
-        raise ValueError(f"unknown parameters: {', '.join(unknown)}")
-    v: dict[str, Any] = {}
-    problems = []
-    for spec in PARAMS:
-        value = values.get(spec.name, spec.default)
-        problem = check_value(spec, value)
-        if problem:
-            problems.append(problem)
-        v[spec.name] = float(value) if isinstance(spec.default, float) else value
+    v, problems = values_from_params(PARAMS, values)
     if problems:
         raise ValueError("; ".join(problems))
     recognizer = RecognizerConfig(
