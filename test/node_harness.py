@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
@@ -20,7 +25,7 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rosutil import spin_until, start_python
+from rosutil import spin_until, start_python, stop
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
@@ -56,6 +61,42 @@ def start_node(log: Path, domain: int, *ros_args: str, console_script: bool = Fa
     entry = [shutil.which("talk2sam_node")] if console_script else ["-m", "talk2sam_ros.node"]
     assert entry[0], "talk2sam_node console script not on PATH"
     return start_python([*entry, "--ros-args", "-p", "preset:=tiny", *ros_args], log, env)
+
+
+class RunningNode:
+    """A node process started by running_node, the test-side client talking to it, its log."""
+
+    def __init__(self, client: Any, proc: subprocess.Popen, log: Path) -> None:
+        self.client, self.proc, self.log = client, proc, log
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+@contextmanager
+def running_node(domain: int, log: Path, start: Callable[[], subprocess.Popen],
+                 make_client: Callable[[rclpy.Context], Any], ready: Callable[[Any], bool],
+                 expect_clean_exit: bool = False) -> Iterator[RunningNode]:
+    """Run `start()` with the domain's loopback ROS environment, connect `make_client(context)`
+    and wait until `ready(client)`; on exit close the client and stop the process (asserting
+    exit status 0 with expect_clean_exit). For module-scoped fixtures (one process per module).
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in ros_environment(domain).items():
+            mp.setenv(name, value)
+        proc = start()
+        context = rclpy.Context()
+        rclpy.init(context=context, domain_id=domain)
+        client = make_client(context)
+        try:
+            assert ready(client), log.read_text()[-3000:]
+            yield RunningNode(client, proc, log)
+        finally:
+            client.close()
+            context.try_shutdown()
+            code = stop(proc)
+            if expect_clean_exit:
+                assert code == 0, log.read_text()[-3000:]
 
 
 def sample_picture(height: int = 120, width: int = 160) -> np.ndarray:

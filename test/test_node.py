@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import rclpy
-from node_harness import (OUTPUTS, Client, key, module_domain, ros_environment, sample_picture,
+from node_harness import (OUTPUTS, Client, key, module_domain, running_node, sample_picture,
                           start_node, stamped_header)
 from rosutil import stop
 from sensor_msgs.msg import Image
@@ -15,32 +14,14 @@ from sensor_msgs.msg import Image
 PERSON_BOX = [10.0, 10.0, 80.0, 100.0]
 
 
-class Ros:
-    def __init__(self, client: Client, proc, log) -> None:
-        self.client, self.proc, self.log = client, proc, log
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-
 @pytest.fixture(scope="module")
 def ros(tmp_path_factory):
     domain = module_domain(1)
     log = tmp_path_factory.mktemp("node") / "talk2sam_node.log"
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in ros_environment(domain).items():
-            mp.setenv(name, value)
-        proc = start_node(log, domain, "-p", "diagnostics_period_s:=0.25")
-        context = rclpy.Context()
-        rclpy.init(context=context, domain_id=domain)
-        client = Client(context)
-        try:
-            assert client.wait_active(), log.read_text()[-3000:]
-            yield Ros(client, proc, log)
-        finally:
-            client.close()
-            context.try_shutdown()
-            stop(proc)
+    with running_node(domain, log, lambda: start_node(log, domain, "-p",
+                                                      "diagnostics_period_s:=0.25"),
+                      Client, Client.wait_active) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,8 @@ import time
 
 import numpy as np
 import pytest
-import rclpy
-from node_harness import (Client, key, module_domain, ros_environment, sample_picture,
-                          start_node, stamped_header)
-from rosutil import stop
+from node_harness import (Client, key, module_domain, running_node, sample_picture, start_node,
+                          stamped_header)
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
@@ -23,33 +21,14 @@ BOX = [10.0, 10.0, 80.0, 100.0]
 DELAY_MS = 300
 
 
-class Ros:
-    def __init__(self, client: Client, proc, log) -> None:
-        self.client, self.proc, self.log = client, proc, log
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-
 @pytest.fixture(scope="module")
 def ros(tmp_path_factory):
     domain = module_domain(3)
     log = tmp_path_factory.mktemp("stress") / "talk2sam_node.log"
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in ros_environment(domain).items():
-            mp.setenv(name, value)
-        proc = start_node(log, domain, "-p", "qos_reliability:=reliable", "-p", "qos_depth:=100",
-                          "-p", "diagnostics_period_s:=0.2")
-        context = rclpy.Context()
-        rclpy.init(context=context, domain_id=domain)
-        client = Client(context)
-        try:
-            assert client.wait_active(), log.read_text()[-3000:]
-            yield Ros(client, proc, log)
-        finally:
-            client.close()
-            context.try_shutdown()
-            stop(proc)
+    with running_node(domain, log, lambda: start_node(
+            log, domain, "-p", "qos_reliability:=reliable", "-p", "qos_depth:=100",
+            "-p", "diagnostics_period_s:=0.2"), Client, Client.wait_active) as running:
+        yield running
 
 
 def _counts(client: Client) -> dict[str, int]:

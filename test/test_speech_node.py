@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import rclpy
 import yaml
-from node_harness import module_domain, ros_environment
+from node_harness import module_domain, ros_environment, running_node
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosutil import spin_until, start_python, stop
@@ -93,32 +93,13 @@ class SpeechClient:
         return self.results[start:]
 
 
-class Speech:
-    def __init__(self, client: SpeechClient, proc, log: Path) -> None:
-        self.client, self.proc, self.log = client, proc, log
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory):
     domain = module_domain(31)
     log = tmp_path_factory.mktemp("speech") / "talk2sam_speech.log"
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in ros_environment(domain).items():
-            mp.setenv(name, value)
-        proc = start_speech_node(log, domain)
-        context = rclpy.Context()
-        rclpy.init(context=context, domain_id=domain)
-        client = SpeechClient(context)
-        try:
-            assert client.wait_ready(), log.read_text()[-3000:]
-            yield Speech(client, proc, log)
-        finally:
-            client.close()
-            context.try_shutdown()
-            assert stop(proc) == 0, log.read_text()[-3000:]
+    with running_node(domain, log, lambda: start_speech_node(log, domain), SpeechClient,
+                      SpeechClient.wait_ready, expect_clean_exit=True) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
