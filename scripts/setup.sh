@@ -66,6 +66,7 @@ fi
 # package files instead; apt ROS users build the checkout itself in a normal workspace.
 log "colcon build"
 STAGE=$ROOT/.colcon-src/talk2sam_ros
+mkdir -p "$ROOT/log"
 mkdir -p "$STAGE"
 for f in CMakeLists.txt package.xml msg talk2sam_ros scripts launch config; do
   ln -sfn "$ROOT/$f" "$STAGE/$f"
