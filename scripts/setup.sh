@@ -101,6 +101,6 @@ export ROS_LOCALHOST_ONLY="\${ROS_LOCALHOST_ONLY:-1}"
 ACTIVATE
 
 # --- 6. smoke check
-"$PY" -c "from talk2sam_ros.msg import TextBoxPrompt, SegmentationResult; import rclpy, torch, timm, open_clip, segment_anything_hq, cv_bridge" \
+"$PY" -W ignore -c "from talk2sam_ros.msg import TextBoxPrompt, SegmentationResult; import rclpy, torch, timm, open_clip, segment_anything_hq, cv_bridge" \
   || { echo "error: the environment does not import" >&2; exit 1; }
 log "done. Use it:  source .venv/bin/activate"
