@@ -19,7 +19,6 @@ node, publish, collect) is shared with ``talk2sam-bench``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from talk2sam_ros.bench import summarize
+from talk2sam_ros.weights import cli_logging
 
 LOG = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ class NodeHarness:
         self._received: dict[tuple[int, int], dict[str, tuple[Any, float]]] = {}
         self.results: list[tuple[Any, float]] = []
         self.answer_timeout_s = timeout_s  # per answer; warm_up() tightens it
+        self.latency_estimate_s = 1.0  # one frame's processing; measured by warm_up()
         self.prompt_id = 0
         self._active_prompt: tuple[int, str] | None = None
         self._last_stamp: tuple[int, int] | None = None
@@ -343,10 +344,10 @@ class NodeHarness:
     def warm_up(self, rgb: np.ndarray, tries: int = 3) -> FrameResult:
         """A first answered frame (lazy initialisation; its numbers are not kept). Retried:
         the very first samples of a new publisher can be lost while discovery settles."""
-        per_try = self.timeout_s / tries
         for _ in range(tries):
-            res = self.send_and_wait(rgb, per_try)
+            res = self.send_and_wait(rgb, self.timeout_s)
             if res is not None:
+                self.latency_estimate_s = res.latency_ms / 1e3
                 self.answer_timeout_s = min(self.timeout_s, max(30.0, 20 * res.latency_ms / 1e3))
                 return res
         raise DemoError(f"the node answered none of {tries} warm-up frames; see {self.log_path}")
@@ -374,15 +375,17 @@ class NodeHarness:
             i += 1
         wall = time.monotonic() - start
         sent = set(stamps)
-        # Stragglers: wait while answers still come in (bounded).
-        quiet_until = time.monotonic() + 3.0
+        # Stragglers: the node holds at most the frame in work plus the newest pending one, so
+        # wait until answers stop coming for ~2.5 frame times (bounded by answer_timeout_s).
+        quiet_s = max(3.0, 2.5 * self.latency_estimate_s)
+        quiet_until = time.monotonic() + quiet_s
         seen = len(self.results)
-        deadline = time.monotonic() + max(10.0, self.timeout_s / 4)
+        deadline = time.monotonic() + max(quiet_s, self.answer_timeout_s)
         while time.monotonic() < min(quiet_until, deadline):
             self._executor.spin_once(timeout_sec=0.05)
             if len(self.results) != seen:
                 seen = len(self.results)
-                quiet_until = time.monotonic() + 3.0
+                quiet_until = time.monotonic() + quiet_s
         answers = [(m, t) for m, t in self.results[first_result:]
                    if (m.header.stamp.sec, m.header.stamp.nanosec) in sent]
         done = {(m.header.stamp.sec, m.header.stamp.nanosec) for m, _ in answers}
@@ -436,8 +439,9 @@ def photo_frames() -> list[DemoFrame]:
     return out
 
 
-def synthetic_frames(folder: Path, n: int, seed: int, size: tuple[int, int],
-                     text_only_every: int = 3) -> list[DemoFrame]:
+def synthetic_frames(folder: Path, n: int, seed: int, size: int | tuple[int, int],
+                     distractor_prob: float = 0.5, text_only_every: int = 3
+                     ) -> list[DemoFrame]:
     """Held-out synthetic scenes (a seed training never sees) with GT masks and boxes;
     every `text_only_every`-th scene is prompted with its category alone."""
     from talk2sam_ros.metrics import binarize_gt
@@ -445,7 +449,8 @@ def synthetic_frames(folder: Path, n: int, seed: int, size: tuple[int, int],
     from talk2sam_ros.training.synthetic import generate_synthetic_dataset
 
     generate_synthetic_dataset(folder, n=max(n, 2), seed=seed, image_size=size,
-                               val_fraction=0.5, progress=False, overwrite=True)
+                               val_fraction=0.5, distractor_prob=distractor_prob,
+                               progress=False, overwrite=True)
     samples = list_many([f"folder:{folder}:train", f"folder:{folder}:val"])
     out = []
     for i, s in enumerate(samples[:n]):
@@ -651,7 +656,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
              f"{s['frames_processed']}, unanswered: {s['frames_unanswered']}.", ""]
     miou = s["miou_synthetic"]
     lines += ["| mIoU on held-out synthetic scenes | value | scenes |", "|---|---:|---:|",
-              f"| text + GT box | {f(miou['text+box'], 3)} | {s['synthetic_scenes']['text+box']} |",
+              f"| text + GT box | {f(miou['text+box'], 3)} | "
+              f"{s['synthetic_scenes']['text+box']} |",
               f"| text only (boxes from similarity) | {f(miou['text-only'], 3)} | "
               f"{s['synthetic_scenes']['text-only']} |", "",
               "| latency (ms) | median | p90 |", "|---|---:|---:|"]
@@ -694,7 +700,7 @@ class DemoConfig:
     boxes: np.ndarray | None = None
     photos: bool = True
     synthetic: int = 6
-    synthetic_size: tuple[int, int] = (240, 320)
+    synthetic_size: int | None = None  # None: the training recipe's size and distractors
     max_frames: int = 30
     rate_hz: float = 10.0
     stream_seconds: float = 4.0
@@ -721,8 +727,16 @@ def build_frames(cfg: DemoConfig, cache: Path) -> list[DemoFrame]:
         if cfg.photos:
             frames += photo_frames()
         if cfg.synthetic:
+            # Same generator settings as the training recipe (the scenes the head was trained
+            # for), another seed: held-out scenes of the trained kind.
+            size, distract = cfg.synthetic_size, 0.5
+            if size is None:
+                from talk2sam_ros.training.config import load_config
+
+                recipe = load_config(TRAIN_RECIPE, cfg.train.overrides())
+                size, distract = recipe.synthetic_size, recipe.synthetic_distractors
             frames += synthetic_frames(cache / "demo_scenes", cfg.synthetic, seed=90210,
-                                       size=cfg.synthetic_size)
+                                       size=size, distractor_prob=distract)
     if not frames:
         raise DemoError("no frames to publish (use --images, --video or the defaults)")
     return frames[: cfg.max_frames]
@@ -836,6 +850,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
                    help="box prompt for --images/--video (default: text-only)")
     p.add_argument("--synthetic", type=int, default=6, help="held-out synthetic scenes (6)")
+    p.add_argument("--synthetic-size", type=int,
+                   help="side of the synthetic scenes, px (default: the training recipe's, "
+                   "with its distractor setting; set: 50 %% distractors)")
     p.add_argument("--no-photos", action="store_true", help="skip the scikit-image photos")
     p.add_argument("--max-frames", type=int, default=30)
     p.add_argument("--rate", type=float, default=10.0, help="stream rate, Hz (10)")
@@ -877,7 +894,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         images=Path(args.images) if args.images else None,
         video=Path(args.video) if args.video else None, text=args.text,
         boxes=None if args.box is None else np.asarray([args.box], np.float32),
-        photos=not args.no_photos, synthetic=args.synthetic, max_frames=args.max_frames,
+        photos=not args.no_photos, synthetic=args.synthetic,
+        synthetic_size=args.synthetic_size, max_frames=args.max_frames,
         rate_hz=args.rate, stream_seconds=args.stream_seconds,
         train=TrainBudget(images=args.train_images, image_size=args.train_size,
                           epochs=args.train_epochs, max_steps=args.train_steps),
@@ -886,13 +904,13 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     os.environ.setdefault("ROS_DOMAIN_ID", str(_domain_id()))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ["ROS_LOCALHOST_ONLY"] = "1"
     try:
         cfg = config_from_args(build_parser().parse_args(argv))
-        summary = run_demo(cfg)
+        with cli_logging(logging.WARNING):
+            summary = run_demo(cfg)
     except DemoError as exc:
         print(f"talk2sam-demo: error: {exc}", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ test server) come from a JSON file given by ``$TALK2SAM_WEIGHTS_REGISTRY`` or ``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as _dt
 import errno
@@ -23,7 +24,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -397,6 +398,21 @@ def _check_space(cache: Path, entry: WeightFile) -> None:
                            f"{_human(need)}, {_human(free)} free")
 
 
+@contextlib.contextmanager
+def _quiet_pooch() -> Iterator[None]:
+    """pooch's own logger prints "Downloading ..." through a handler bound at import time;
+    our tqdm bar and log lines say the same, so keep it to warnings for the call."""
+    import pooch
+
+    logger = pooch.get_logger()
+    old = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
 def download_one(entry: WeightFile, cache_dir: str | os.PathLike | None = None, *,
                  retries: int = 4, backoff: float = 1.0, progress: bool = True) -> Path:
     """Fetch `entry` into the cache (no-op if present and valid) and return its path.
@@ -430,8 +446,9 @@ def download_one(entry: WeightFile, cache_dir: str | os.PathLike | None = None, 
     for attempt in range(retries + 1):
         resumed = part.is_file() and part.stat().st_size > 0
         try:
-            pooch.retrieve(entry.url, known_hash=known, fname=entry.filename, path=cache,
-                           downloader=downloader, progressbar=False)
+            with _quiet_pooch():
+                pooch.retrieve(entry.url, known_hash=known, fname=entry.filename, path=cache,
+                               downloader=downloader, progressbar=False)
             break
         except (requests.exceptions.RequestException, _Retryable) as exc:
             last = _one_line(exc)
@@ -617,16 +634,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def cli_logging(level: int = logging.INFO) -> Iterator[None]:
+    """Root logging to the current stderr for one CLI call, removed afterwards (so that calling
+    main() in-process, e.g. from tests, leaves no handler on a closed stream behind)."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import pooch
-
-    pooch.get_logger().setLevel(logging.WARNING)  # its "Downloading ..." lines duplicate ours
     try:
-        registry = load_registry(args.registry)
-        handler = {"list": _cmd_list, "download": _cmd_download, "verify": _cmd_verify}
-        return handler[args.command](args, registry)
+        with cli_logging(logging.INFO):
+            registry = load_registry(args.registry)
+            handler = {"list": _cmd_list, "download": _cmd_download, "verify": _cmd_verify}
+            return handler[args.command](args, registry)
     except WeightsError as exc:
         print(f"talk2sam-weights: error: {exc}", file=sys.stderr)
         return 1

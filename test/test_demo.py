@@ -83,3 +83,16 @@ def test_demo_end_to_end_on_a_fresh_cache(tmp_path, ros_domain, monkeypatch, cap
     st = summary["stream"]
     assert st["sent"] > 0 and 0 <= st["processed"] <= st["sent"]
     assert summary["node_counters"]["frames_processed"] >= len(answered)
+
+
+def test_real_preset_without_weights_is_a_clear_error(tmp_path, ros_domain, monkeypatch,
+                                                      capsys):
+    """No official files in the cache: the node refuses to configure and the demo says what
+    to download, in one line, without waiting for its timeout."""
+    monkeypatch.setenv(ENV_DIR, str(tmp_path / "empty"))
+    rc = demo.main(["--preset", "b", "--out", str(tmp_path / "out"), "--synthetic", "0",
+                    "--stream-seconds", "0", "--timeout", "120", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert err[-1].startswith("talk2sam-demo: error: the node could not load the model")
+    assert "talk2sam-weights download --preset b" in err[-1]
