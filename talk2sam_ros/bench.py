@@ -191,94 +191,84 @@ def _sdpa(enabled: bool) -> Iterator[None]:
         timm_config._USE_FUSED_ATTN = old  # noqa: SLF001
 
 
+# profile_predictor stage -> our report name (None: left out, covered by another row).
+_PROFILE_STAGES = {"preprocess": "preprocess", "sam_encode": "sam_encode",
+                   "dino_encode": "dino_encode", "frame_cache": "frame_cache",
+                   "text_cold": "text_cold", "text_cached": "text_cached",
+                   "prompt.similarity": "similarity", "prompt.mask_prompt": "mask_prompt",
+                   "prompt.prompt": "prompt", "prompt.decode": "decode",
+                   "prompt.postprocess": "postprocess"}
+_PROFILE_TOTALS = {"full_frame": "full_frame_ms", "set_image": "set_image_ms",
+                   "predict_text_boxes": "extra_prompt_ms",
+                   "predict_text_only": "extra_prompt_text_only_ms",
+                   "predict_box_only": "extra_prompt_box_only_ms"}
+
+
+def _from_profile(stat: dict[str, float]) -> dict[str, float]:
+    return {"median": stat["median_ms"], "p90": stat["p90_ms"], "n": stat["n"]}
+
+
 def bench_model(cfg: BenchConfig) -> dict[str, Any]:
-    """Model-level numbers (ms unless named otherwise); see the module docstring."""
+    """Model-level numbers (ms unless named otherwise).
+
+    Per-stage latency, new-frame / extra-prompt totals and the reuse ratio come from the model
+    core's `profile_predictor` (CUDA-synchronised stage timers); this adds k prompts per frame,
+    peak memory and the build options (dtype, SDPA, compile, official weights).
+    """
     import torch
 
+    from talk2sam_ros.model.profile import profile_predictor
+
     model, pred = build_predictor(cfg)
-    timer = Timer(cfg.device)
-    n_frames = cfg.warmup + cfg.runs
-    frames = bench_frames(cfg.image_size, n_frames)
-    boxes = prompt_boxes(cfg.image_size, 2 * max(cfg.ks) + 2)
-    box_a, box_b = boxes[:1], boxes[1:2]
+    w, h = cfg.image_size
     if cfg.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(torch.device(cfg.device))
-
-    stages: dict[str, list[float]] = {}
-    full, set_image, first_predict, extra, extra_text_only, text_cold = [], [], [], [], [], []
-    encodes_before = pred.encode_count
-    for i, frame in enumerate(frames):
-        warm = i < cfg.warmup
-        t_set: list[float] = []
-        t_pred: list[float] = []
-        t_extra: list[float] = []
-        t_textonly: list[float] = []
-        with timer(t_set):
-            pred.set_image(frame)
-        enc = dict(getattr(pred, "last_encode_timings", {}) or {})
-        with timer(t_pred):
-            res = pred.predict(text=cfg.text, boxes=box_a)
-        with timer(t_extra):  # same frame, same (cached) text, another box
-            pred.predict(text=cfg.text, boxes=box_b)
-        cold = pred.predict(text=f"{cfg.text} number {i}", boxes=box_a)  # never-seen text
-        with timer(t_textonly):
-            pred.predict(text=cfg.text, boxes=None)
-        if warm:
-            continue
-        set_image += t_set
-        first_predict += t_pred
-        full.append(t_set[0] + t_pred[0])
-        extra += t_extra
-        extra_text_only += t_textonly
-        for name, ms in {**enc, **res.timings}.items():
-            stages.setdefault(name, []).append(float(ms))
-        stages.setdefault("text_cached", []).append(float(res.timings.get("text", np.nan)))
-        if "text" in cold.timings:
-            text_cold.append(float(cold.timings["text"]))
-    stages.pop("text", None)
-    stages["text_cold"] = text_cold
-    encodes = pred.encode_count - encodes_before
+    prof = profile_predictor(model=model, runs=cfg.runs, warmup=cfg.warmup, image_size=(h, w))
+    stages = {ours: _from_profile(prof["stages"][theirs])
+              for theirs, ours in _PROFILE_STAGES.items() if theirs in prof["stages"]}
+    totals = {ours: _from_profile(prof["stages"][theirs])
+              for theirs, ours in _PROFILE_TOTALS.items() if theirs in prof["stages"]}
 
     # k prompts per frame: each frame is encoded once, then k prompts (cached text, distinct
     # boxes) run on it for every k; frame total = median set_image + median k-prompt time, so
     # encoder noise does not leak into the per-prompt figures.
+    timer = Timer(cfg.device)
+    boxes = prompt_boxes(cfg.image_size, max(cfg.ks))
     k_times: dict[int, list[float]] = {k: [] for k in cfg.ks}
     k_set: list[float] = []
-    for frame in bench_frames(cfg.image_size, max(2, cfg.runs // 2), seed=7):
+    frames = bench_frames(cfg.image_size, max(2, cfg.runs // 2), seed=7)
+    encodes_before = pred.encode_count
+    for frame in frames:
         with timer(k_set):
             pred.set_image(frame)
+        pred.predict(text=cfg.text, boxes=boxes[:1])  # text now cached for every k
         for k in cfg.ks:
             with timer(k_times[k]):
                 for b in range(k):
-                    pred.predict(text=cfg.text, boxes=boxes[2 + b: 3 + b])
+                    pred.predict(text=cfg.text, boxes=boxes[b: b + 1])
     set_med = summarize(k_set)["median"]
     per_k: dict[str, dict[str, float]] = {}
     for k, times in k_times.items():
-        s = summarize(times)
-        per_k[str(k)] = {"frame_total_ms": set_med + s["median"], "prompts_ms": s["median"],
-                         "per_prompt_ms": s["median"] / k, "p90_prompts_ms": s["p90"],
-                         "n": s["n"]}
+        st = summarize(times)
+        per_k[str(k)] = {"frame_total_ms": set_med + st["median"], "prompts_ms": st["median"],
+                         "per_prompt_ms": st["median"] / k, "p90_prompts_ms": st["p90"],
+                         "n": st["n"]}
 
-    full_s, extra_s = summarize(full), summarize(extra)
     peak: dict[str, float] = memory_now()
     if cfg.device.startswith("cuda"):
         dev = torch.device(cfg.device)
         peak["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
         peak["cuda_max_reserved_mib"] = torch.cuda.max_memory_reserved(dev) / 2**20
-    n_params = sum(p.numel() for p in model.parameters())
     return {
-        "stages": {k: summarize(v) for k, v in stages.items()},
-        "full_frame_ms": full_s,
-        "set_image_ms": summarize(set_image),
-        "first_prompt_ms": summarize(first_predict),
-        "extra_prompt_ms": extra_s,
-        "extra_prompt_text_only_ms": summarize(extra_text_only),
-        "reuse_ratio": full_s["median"] / max(extra_s["median"], 1e-9),
+        "stages": stages,
+        **totals,
+        "reuse_ratio": float(prof["reuse_ratio"]),
         "prompts_per_frame": per_k,
+        "k_scaling_frames": len(frames),
+        "k_scaling_encoder_runs": pred.encode_count - encodes_before,
         "memory": peak,
-        "encoder_runs": encodes,
-        "frames": len(frames) - cfg.warmup,
-        "parameters_m": n_params / 1e6,
+        "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "profile": prof,
     }
 
 
@@ -349,9 +339,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines += ["", "| measure | median | p90 |", "|---|---:|---:|"]
         for key, label in (("full_frame_ms", "new frame: set_image + 1 prompt (ms)"),
                            ("set_image_ms", "set_image alone (ms)"),
-                           ("extra_prompt_ms", "extra box prompt, cached frame (ms)"),
-                           ("extra_prompt_text_only_ms", "extra text-only prompt (ms)")):
-            s = m[key]
+                           ("extra_prompt_ms", "extra text + box prompt, cached frame (ms)"),
+                           ("extra_prompt_text_only_ms", "extra text-only prompt (ms)"),
+                           ("extra_prompt_box_only_ms", "extra box-only prompt, SAM-HQ (ms)")):
+            s = m.get(key, {})
             lines.append(f"| {label} | {_fmt(s.get('median'))} | {_fmt(s.get('p90'))} |")
         lines.append(f"| reuse ratio (new frame / extra prompt) | {_fmt(m['reuse_ratio'])} | |")
         lines += ["", "| prompts per frame k | frame total ms (encode + k prompts) | "

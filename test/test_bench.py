@@ -33,7 +33,7 @@ def test_frames_and_boxes_fit_the_requested_size():
 
 def _positive(summary: dict) -> bool:
     return summary["n"] > 0 and all(math.isfinite(summary[k]) and summary[k] > 0
-                                    for k in ("median", "p90", "min", "max"))
+                                    for k in ("median", "p90"))
 
 
 @pytest.mark.slow
@@ -54,7 +54,9 @@ def test_quick_tiny_run_writes_json_and_markdown(tmp_path, ros_domain, capsys):
     assert m["reuse_ratio"] > 0
     assert set(m["prompts_per_frame"]) == {"1", "2", "4", "8"}
     assert all(v["frame_total_ms"] > 0 for v in m["prompts_per_frame"].values())
-    assert m["encoder_runs"] == 3  # one encode per frame (warm-up + runs), prompts reuse it
+    assert _positive(m["extra_prompt_box_only_ms"])
+    # k scaling: one encode per frame, all k prompts reuse it
+    assert m["k_scaling_encoder_runs"] == m["k_scaling_frames"] >= 2
     assert m["memory"]["rss_peak_mib"] > 0
     assert n["frames_answered"] == 2
     assert _positive(n["end_to_end_ms"]) and _positive(n["pipeline_ms"])
