@@ -96,3 +96,31 @@ def test_real_preset_without_weights_is_a_clear_error(tmp_path, ros_domain, monk
     assert rc == 1
     assert err[-1].startswith("talk2sam-demo: error: the node could not load the model")
     assert "talk2sam-weights download --preset b" in err[-1]
+
+
+def test_user_images_and_video_become_frames(tmp_path):
+    rng = np.random.default_rng(1)
+    pics = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    for i, p in enumerate(pics):
+        cv2.imwrite(str(tmp_path / f"img{i}.png"), p[..., ::-1])
+    (tmp_path / "notes.txt").write_text("not an image")
+    box = np.array([[1, 2, 30, 40]], np.float32)
+    frames = demo.folder_frames(tmp_path, "rope", box, limit=2)
+    assert [f.name for f in frames] == ["img0", "img1"]
+    assert np.array_equal(frames[0].rgb, pics[0]) and frames[0].text == "rope"
+    assert frames[0].boxes is box and frames[0].gt is None
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for _ in range(5):
+        writer.write(pics[0][..., ::-1])
+    writer.release()
+    vframes = demo.video_frames(video, "cable", None, limit=3)
+    assert len(vframes) == 3 and vframes[0].rgb.shape == (48, 64, 3)
+    assert vframes[0].boxes is None  # text-only prompt
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(demo.DemoError, match="no images"):
+        demo.folder_frames(empty, "x", None, 1)
+    with pytest.raises(demo.DemoError, match="cannot open video"):
+        demo.video_frames(tmp_path / "missing.avi", "x", None, 1)
