@@ -151,8 +151,16 @@ class SpeechNode(Node):
             msg.header.frame_id = self._frame_id
             if r.accepted:
                 self._category_pub.publish(String(data=r.category))
-                log.info(f"heard {r.transcript!r} -> category {r.category!r} "
-                         f"(confidence {r.confidence:.2f})")
+                # Say who got it: a command heard before the segmentation node has been
+                # discovered is otherwise lost without a trace (`category` is volatile).
+                listeners = self._category_pub.get_subscription_count()
+                text = (f"heard {r.transcript!r} -> category {r.category!r} "
+                        f"(confidence {r.confidence:.2f}, {listeners} subscriber(s))")
+                if listeners:
+                    log.info(text)
+                else:
+                    log.warning(f"{text}: nobody subscribes to "
+                                f"{self._category_pub.topic_name}, the command is lost")
             else:
                 log.info(f"rejected {r.duration_s:.1f} s utterance: {r.reason}")
             self._result_pub.publish(msg)
