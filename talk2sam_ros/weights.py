@@ -425,6 +425,8 @@ def download_one(entry: WeightFile, cache_dir: str | os.PathLike | None = None, 
     import pooch
     import requests
 
+    bad_url = (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema)
     cache = _cache(cache_dir)
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -443,7 +445,8 @@ def download_one(entry: WeightFile, cache_dir: str | os.PathLike | None = None, 
     downloader = ResumableDownloader(part, entry.size, progress, git_blob_sha1=entry.git_blob_sha1)
     hash_retry_used = False
     last = "no attempt made"
-    for attempt in range(retries + 1):
+    failures = 0  # transient failures so far; the one hash retry below does not count
+    while True:
         resumed = part.is_file() and part.stat().st_size > 0
         try:
             with _quiet_pooch():
@@ -452,14 +455,18 @@ def download_one(entry: WeightFile, cache_dir: str | os.PathLike | None = None, 
             break
         except (requests.exceptions.RequestException, _Retryable) as exc:
             last = _one_line(exc)
+            if isinstance(exc, bad_url):  # a registry mistake, not a network problem
+                raise WeightsError(f"{entry.name}: cannot fetch {entry.url!r}: {last}") from None
             status = getattr(getattr(exc, "response", None), "status_code", None)
             if status is not None and 400 <= status < 500 and status not in (408, 429):
                 raise WeightsError(f"{entry.name}: {entry.url} answered HTTP {status}") from None
         except ValueError as exc:  # hash mismatch: pooch already deleted its temporary file
             part.unlink(missing_ok=True)
             if resumed and not hash_retry_used:
+                # The bad bytes may be a stale prefix from an older run: once more from zero.
                 hash_retry_used = True
-                last = _one_line(exc)
+                LOG.warning("%s: resumed file failed its hash check; downloading it again "
+                            "from zero", entry.name)
                 continue
             raise WeightsError(f"{entry.name}: downloaded file failed its hash check and was "
                                f"deleted ({_one_line(exc)})") from None
@@ -468,14 +475,16 @@ def download_one(entry: WeightFile, cache_dir: str | os.PathLike | None = None, 
                 raise WeightsError(f"disk full while writing {entry.name} to {cache}; free "
                                    f"space and rerun to resume from {part.name}") from None
             raise WeightsError(f"{entry.name}: cannot write {cache}: {exc}") from None
-        if attempt < retries:
-            wait = min(backoff * 2 ** attempt, 60.0)
-            LOG.warning("%s: %s; retrying in %.1f s (%d left)", entry.name, last, wait,
-                        retries - attempt)
-            time.sleep(wait)
-    else:
-        raise WeightsError(f"{entry.name}: download failed after {retries + 1} attempts: {last}"
-                           f" (partial data kept in {part} for the next run)")
+        if failures >= retries:
+            kept = (f" (partial data kept in {part} for the next run)"
+                    if part.is_file() and part.stat().st_size else "")
+            raise WeightsError(f"{entry.name}: download failed after {failures + 1} attempts: "
+                               f"{last}{kept}")
+        wait = min(backoff * 2 ** failures, 60.0)
+        failures += 1
+        LOG.warning("%s: %s; retrying in %.1f s (%d left)", entry.name, last, wait,
+                    retries - failures + 1)
+        time.sleep(wait)
     if known is None:
         digest = file_digests(final)["sha256"]
         _write_record(cache, entry, digest, final.stat().st_size)

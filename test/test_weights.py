@@ -205,6 +205,25 @@ def test_interrupted_then_resumed_in_a_later_run(server, tmp_path):
     assert (_cache() / "r.pth").read_bytes() == data and not part.exists()
 
 
+def test_stale_part_with_a_bad_hash_is_fetched_again_from_zero(server, tmp_path):
+    """A .part left by an older upstream file resumes into a bad hash: deleted, and fetched
+    once more from zero, even with no transient retries allowed."""
+    data = _blob(12)
+    reg = W.load_registry(_registry(tmp_path, {"s": _entry(server, "/s.pth", data)}))
+    _cache().mkdir(parents=True)
+    (_cache() / "s.pth.part").write_bytes(b"\x07" * 1000)  # not a prefix of `data`
+    path = W.download_one(reg.get("s"), retries=0, progress=False)
+    assert path.read_bytes() == data and not (_cache() / "s.pth.part").exists()
+    assert server.log == [("/s.pth", "bytes=1000-"), ("/s.pth", None)]
+
+
+def test_malformed_url_is_not_retried(tmp_path):
+    reg = W.load_registry(_registry(tmp_path, {"u": {
+        "filename": "u.pth", "part": "clip", "url": "ftp://127.0.0.1/u.pth"}}))
+    with pytest.raises(W.WeightsError, match="cannot fetch 'ftp://127.0.0.1/u.pth'"):
+        W.download_one(reg.get("u"), retries=3, backoff=30.0, progress=False)
+
+
 def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
     data = _blob(7)
     reg = W.load_registry(_registry(tmp_path, {
@@ -236,6 +255,7 @@ def test_server_down_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert err[-1].startswith("talk2sam-weights: error: d: download failed after 2 attempts")
+    assert "partial data kept" not in err[-1]  # nothing was received
     assert "Traceback" not in "\n".join(err)
 
 
