@@ -158,6 +158,18 @@ def test_corrupt_truncated_and_mismatched_files(files, loaded, tmp_path):
     torch.save({k: v for k, v in files["sam"].items() if "hf_" not in k}, plain)
     with pytest.raises(CheckpointError, match="HQ"):
         load_sam_hq_checkpoint(loaded.sam, plain)
+    # persistent buffers are weights too: a file without the box prompts' random Fourier matrix
+    # or TinyViT's BatchNorm statistics must not silently keep the random ones
+    partial = tmp_path / "sam_hq_partial.pth"
+    for dropped in ("prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+                    "image_encoder.patch_embed.seq.0.bn.running_var"):
+        torch.save({k: v for k, v in files["sam"].items() if k != dropped}, partial)
+        with pytest.raises(CheckpointError, match=f"missing keys, e.g. \\['{dropped}'\\]"):
+            load_sam_hq_checkpoint(loaded.sam, partial)
+    # ... while BatchNorm's batch counters (unused in eval mode) may be absent
+    torch.save({k: v for k, v in files["sam"].items()
+                if not k.endswith("num_batches_tracked")}, partial)
+    load_sam_hq_checkpoint(loaded.sam, partial)
     # wrong projection width (a ViT-B file for a 64-wide DINO)
     wide = tmp_path / "vitb_mlp_infonce.pth"
     torch.save({"linear_layer.weight": torch.zeros(768, 512),

@@ -97,17 +97,18 @@ def _sdpa_attention_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
 
 
 def load_sam_hq_checkpoint(sam: Sam, path: str | os.PathLike) -> None:
-    """Load an official `sam_hq_vit_{tiny,b,l,h}.pth` strictly: every parameter must be in the
-    file with the right shape (index buffers that the modules rebuild may be absent)."""
+    """Load an official `sam_hq_vit_{tiny,b,l,h}.pth` strictly: every parameter and persistent
+    buffer (the prompt encoder's random Fourier matrix, TinyViT's BatchNorm statistics) must be
+    in the file with the right shape; only BatchNorm's `num_batches_tracked` counters may be
+    absent (unused in eval mode)."""
     state = read_state_dict(path, "sam_hq")
     if not any(k.startswith("mask_decoder.hf_token") for k in state):
         hint = (" (this looks like an original SAM checkpoint without the HQ decoder parts)"
                 if any(k.startswith("mask_decoder.") for k in state) else "")
         raise CheckpointError(f"sam_hq: {path} has no 'mask_decoder.hf_token.weight'; expected "
                               f"an official sam_hq_vit_*.pth file{hint}")
-    param_names = {n for n, _ in sam.named_parameters()}
-    buffers = tuple(k for k in sam.state_dict() if k not in param_names)
-    load_into(sam, state, path, "sam_hq", allow_missing=buffers)
+    counters = tuple(k for k in sam.state_dict() if k.endswith(".num_batches_tracked"))
+    load_into(sam, state, path, "sam_hq", allow_missing=counters)
     log.info("loaded SAM-HQ weights from %s", path)
 
 
