@@ -164,6 +164,27 @@ def test_stream_resampler_gives_the_one_shot_result_whatever_the_chunking(rate):
     np.testing.assert_array_equal(StreamResampler(16000).push(x), x)
 
 
+@needs_espeak
+def test_an_utterance_completed_by_a_sample_rate_change_is_not_lost(recognizer):
+    """The old rate's resampler tail can end an utterance; it must still be decoded.
+
+    End the 8 kHz audio at every length (4-sample steps) just before the one where the
+    utterance closes within the 8 kHz stream itself; whatever completes it (the tail flushed
+    at the switch to 16 kHz, the 16 kHz silence after it, or the final flush), it comes out
+    exactly once."""
+    samples, rate = _speech("find the cable", tail_s=0.0)
+    speech8k = to_int16(resample_poly(samples.astype(np.float64), 8000, rate))
+    rng = np.random.default_rng(4)
+    quiet8k, quiet16k = to_int16(rng.normal(0, 20, 8000)), to_int16(rng.normal(0, 20, 9600))
+    closes_at = next(n for n in range(0, len(quiet8k), 4) if SpeechPipeline(recognizer).push(
+        np.concatenate([speech8k, quiet8k[:n]]), 8000))
+    for n in range(max(0, closes_at - 40), closes_at, 4):
+        pipeline = SpeechPipeline(recognizer)
+        results = pipeline.push(np.concatenate([speech8k, quiet8k[:n]]), 8000)
+        results += pipeline.push(quiet16k, 16000) + pipeline.flush()
+        assert len(results) == 1, (n, closes_at, results)
+
+
 # ---------------------------------------------------------------- segmentation and rejection
 def test_silence_gives_no_utterance():
     rng = np.random.default_rng(0)
@@ -264,6 +285,17 @@ def test_cli_prints_what_the_node_would_publish(tmp_path, vocab, recognizer):
     assert ("category" in proc.stdout) or ("nothing published" in proc.stdout)
 
 
+def test_vocabulary_file_mistakes_are_value_errors_naming_the_file(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("verbs: [find\nobjects: cable\n")  # unclosed list
+    with pytest.raises(ValueError, match="broken.yaml: not valid YAML"):
+        load_vocabulary(broken)
+    empty_item = tmp_path / "empty_item.yaml"
+    empty_item.write_text("verbs: [find]\nobjects:\n  - cable\n  -\n")
+    with pytest.raises(ValueError, match="`objects` entries must be text"):
+        load_vocabulary(empty_item)
+
+
 def test_cli_reports_unknown_words_and_bad_files(tmp_path):
     vocab_file = tmp_path / "vocab.yaml"
     vocab_file.write_text(yaml.safe_dump({**SMALL, "objects": ["zorblewire"]}))
@@ -275,6 +307,16 @@ def test_cli_reports_unknown_words_and_bad_files(tmp_path):
     assert proc.returncode == 0 and "no speech found" in proc.stdout
     proc = _cli(str(tmp_path / "missing.wav"))
     assert proc.returncode == 1 and "missing.wav" in proc.stderr
+    not_wav = tmp_path / "notes.wav"
+    not_wav.write_text("not audio")
+    proc = _cli(str(not_wav))
+    assert proc.returncode == 1 and "notes.wav: not a PCM WAV file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("verbs: [find\n")
+    proc = _cli("--vocabulary", str(broken), str(wav))
+    assert proc.returncode == 1 and "not valid YAML" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert _cli().returncode == 2
 
 

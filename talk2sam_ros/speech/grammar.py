@@ -100,7 +100,12 @@ def vocabulary_from_dict(data: Mapping[str, Any]) -> Vocabulary:
         value = data.get(key) or []
         if isinstance(value, str) or not isinstance(value, Sequence):
             raise ValueError(f"vocabulary: `{key}` must be a list of phrases, got {value!r}")
-        return tuple(" ".join(str(v).lower().split()) for v in value)
+        # An empty YAML item ("- ") is None: str() would turn it into the word "none".
+        odd = [v for v in value if not isinstance(v, str)]
+        if odd:
+            raise ValueError(f"vocabulary: `{key}` entries must be text, got {odd!r} (an empty "
+                             "`- ` line?)")
+        return tuple(" ".join(v.lower().split()) for v in value)
 
     prons = data.get("pronunciations") or {}
     if not isinstance(prons, Mapping):
@@ -120,7 +125,10 @@ def load_vocabulary(path: str | Path) -> Vocabulary:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"vocabulary file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: expected a mapping at the top level")
     try:

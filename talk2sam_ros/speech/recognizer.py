@@ -399,13 +399,16 @@ class SpeechPipeline:
 
     def push(self, samples: np.ndarray, sample_rate: int) -> list[Recognition]:
         """Feed a chunk of mono int16 audio at `sample_rate`; recognitions it completed."""
+        utterances: list[Utterance] = []
         if self._resampler is None or self._resampler.rate_in != sample_rate:
             if self._resampler is not None:
                 log.info("sample rate changed %d -> %d Hz", self._resampler.rate_in,
                          sample_rate)
-                self.segmenter.push(self._resampler.flush())
+                # The old rate's tail may complete an utterance: decode it, do not drop it.
+                utterances += self.segmenter.push(self._resampler.flush())
             self._resampler = StreamResampler(sample_rate)
-        return self._decode(self.segmenter.push(self._resampler.push(samples)))
+        utterances += self.segmenter.push(self._resampler.push(samples))
+        return self._decode(utterances)
 
     def flush(self) -> list[Recognition]:
         """End of stream or a gap: resampler tail and the open utterance are processed."""

@@ -26,9 +26,13 @@ def read_wav(source: str | Path | bytes) -> tuple[np.ndarray, int]:
     8/16/32-bit integer PCM; several channels are averaged.
     """
     fh = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
-    with fh, wave.open(fh) as w:
-        width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
-        raw = w.readframes(w.getnframes())
+    name = "WAV data" if isinstance(source, bytes) else str(source)
+    try:
+        with fh, wave.open(fh) as w:
+            width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
+            raw = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as exc:  # not RIFF/WAVE, float or compressed, truncated
+        raise ValueError(f"{name}: not a PCM WAV file ({exc or 'truncated'})") from None
     if width == 1:  # unsigned 8-bit
         x = (np.frombuffer(raw, np.uint8).astype(np.float64) - 128.0) * 256.0
     elif width == 2:
@@ -36,8 +40,8 @@ def read_wav(source: str | Path | bytes) -> tuple[np.ndarray, int]:
     elif width == 4:
         x = np.frombuffer(raw, "<i4").astype(np.float64) / 65536.0
     else:
-        raise ValueError(f"{source if not isinstance(source, bytes) else 'WAV'}: "
-                         f"{8 * width}-bit samples are not supported (8, 16 or 32-bit PCM)")
+        raise ValueError(f"{name}: {8 * width}-bit samples are not supported (8, 16 or "
+                         "32-bit PCM)")
     x = x.reshape(-1, channels).mean(axis=1)
     return np.clip(np.rint(x), -32768, 32767).astype(np.int16), rate
 
