@@ -185,6 +185,24 @@ def test_an_utterance_completed_by_a_sample_rate_change_is_not_lost(recognizer):
         assert len(results) == 1, (n, closes_at, results)
 
 
+def test_odd_sample_rate_is_resampled_promptly_and_keeps_the_pitch():
+    """44101 Hz (16000/44101 does not reduce): output follows the input within a few ms and
+    a 440 Hz tone stays at 440 Hz."""
+    rate = 44101
+    t = np.arange(2 * rate) / rate
+    tone = to_int16(8000 * np.sin(2 * np.pi * 440 * t))
+    resampler = StreamResampler(rate)
+    step = rate // 10
+    first = resampler.push(tone[:2 * step])  # 0.2 s in
+    assert len(first) >= 0.19 * 16000, len(first)
+    out = np.concatenate([first] + [resampler.push(tone[i:i + step])
+                                    for i in range(2 * step, len(tone), step)]
+                         + [resampler.flush()])
+    assert abs(len(out) - 2 * 16000) <= 2
+    spectrum = np.abs(np.fft.rfft(out[:16000].astype(np.float64) * np.hanning(16000)))
+    assert abs(np.argmax(spectrum) - 440) <= 1  # 1 Hz bins
+
+
 # ---------------------------------------------------------------- segmentation and rejection
 def test_silence_gives_no_utterance():
     rng = np.random.default_rng(0)

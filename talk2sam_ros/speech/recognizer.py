@@ -51,12 +51,18 @@ class StreamResampler:
     Uses scipy's polyphase ``resample_poly``; samples are released once the filter has seen
     enough input after them (a few ms of latency), so resampling chunk by chunk gives the
     same samples as resampling the whole recording at once (except the last few at flush).
+    The up/down factors are the closest fraction with a denominator <= MAX_DOWN: exact for
+    every common rate (8, 11.025, 22.05, 44.1, 48, 96, 192 kHz, ...); an odd rate (44101 Hz)
+    would otherwise need a ~900k-tap filter (slower than real time) and a second of
+    latency, and is instead resampled with a rate error below 0.1 % (44101 Hz: 4 ppm).
     """
+
+    MAX_DOWN = 1000
 
     def __init__(self, rate_in: int, rate_out: int = SAMPLE_RATE) -> None:
         if rate_in <= 0 or rate_out <= 0:
             raise ValueError(f"sample rates must be positive, got {rate_in} -> {rate_out}")
-        ratio = Fraction(rate_out, rate_in)
+        ratio = Fraction(rate_out, rate_in).limit_denominator(self.MAX_DOWN)
         self.rate_in, self.rate_out = rate_in, rate_out
         self._up, self._down = ratio.numerator, ratio.denominator
         # resample_poly's filter reaches 10 * max(up, down) upsampled samples each side;
