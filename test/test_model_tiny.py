@@ -283,3 +283,32 @@ def test_attention_max_mode(image):
     assert not torch.allclose(out.cosine[0], out.cosine[1])
     out.global_score.sum().backward()
     assert model.projection.linear_layer.weight.grad.abs().sum() > 0
+
+
+def test_compile_encoders_compiles_the_modules_that_run(image):
+    """compile=True must compile what the encode path calls (DinoBackbone's forward uses
+    vit.forward_features, which a compiled vit.__call__ would never see). The eager backend
+    only traces, so this stays fast; the outputs and state-dict keys must not change."""
+    import torch._dynamo as dynamo
+
+    model = build_talk2sam("tiny")
+    keys = list(model.state_dict())
+    x_dino = T.dino_preprocess(image)
+    x_sam, _ = T.sam_preprocess(image)
+    ref_dino, ref_sam = model.encode_dino(x_dino), model.encode_sam(x_sam)
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    try:
+        model.compile_encoders(backend="eager")
+        got_dino = model.encode_dino(x_dino)
+        assert dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # DINOv2 was traced
+        graphs = dynamo.utils.counters["stats"]["unique_graphs"]
+        got_sam = model.encode_sam(x_sam)
+        assert dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # SAM too
+        model.encode_dino(x_dino + 0.1)  # same shapes: no recompilation (per-call hook)
+        assert not dynamo.utils.counters["recompiles"]
+    finally:
+        dynamo.reset()
+    for got, ref in zip(got_dino + got_sam, ref_dino + ref_sam):
+        assert torch.allclose(got, ref, atol=1e-5, rtol=0)
+    assert list(model.state_dict()) == keys

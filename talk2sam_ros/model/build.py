@@ -104,8 +104,7 @@ def build_talk2sam(preset: str | ModelConfig | None = "tiny",
     if config.sam_sdpa:
         use_sdpa_attention(sam.image_encoder)
     if config.compile:
-        dino.vit.compile()
-        sam.image_encoder.compile()
+        model.compile_encoders()
     model.eval()
     log.info("built Talk2SAM %s on %s (%s): %s", config.preset, device, DTYPES[dtype],
              model.parameter_counts())

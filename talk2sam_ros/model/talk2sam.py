@@ -157,6 +157,15 @@ class Talk2SAM(nn.Module):
             frozen.eval()  # frozen encoders never switch to training behaviour
         return self
 
+    def compile_encoders(self, **compile_kwargs: Any) -> None:
+        """torch.compile the frozen image encoders in place (state-dict keys unchanged).
+
+        DinoBackbone as a whole, not its timm ViT: forward calls `vit.forward_features`, which
+        bypasses a compiled `vit.__call__`. Registering the per-call attention hook is one graph
+        break; the ViT with the hook is one graph, reused across calls of the same shape."""
+        self.dino.compile(**compile_kwargs)
+        self.sam.image_encoder.compile(**compile_kwargs)
+
     @property
     def device(self) -> torch.device:
         return self.mask_prompt.scale.device
