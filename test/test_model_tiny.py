@@ -312,3 +312,36 @@ def test_compile_encoders_compiles_the_modules_that_run(image):
     for got, ref in zip(got_dino + got_sam, ref_dino + ref_sam):
         assert torch.allclose(got, ref, atol=1e-5, rtol=0)
     assert list(model.state_dict()) == keys
+
+
+def test_cached_hq_features_follow_weight_changes(tmp_path, image):
+    """The per-frame HQ features depend on trainable decoder weights: loading other trained
+    weights (or an in-place optimiser-style update) after set_image must not pair the new
+    decoder with features computed from the old weights."""
+    model = build_talk2sam("tiny")
+    other = build_talk2sam("tiny")
+    with torch.no_grad():
+        for p in other.trainable_parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    save_trained_weights(other, tmp_path / "other.pt")
+    pred = Talk2SAMPredictor(model)
+    pred.set_image(image)
+    box = [[10, 10, 120, 140]]
+    before = pred.predict("cat", box)
+
+    def from_scratch() -> np.ndarray:
+        fresh = Talk2SAMPredictor(model)
+        fresh.set_image(image)
+        return fresh.predict("cat", box).logits
+
+    load_trained_weights(model, tmp_path / "other.pt")
+    after = pred.predict("cat", box)
+    assert "frame_refresh" in after.timings and pred.encode_count == 1
+    assert np.abs(after.logits - before.logits).max() > 1e-3  # the new head is used ...
+    np.testing.assert_allclose(after.logits, from_scratch(), atol=1e-5, rtol=0)  # ... fully
+    assert "frame_refresh" not in pred.predict("cat", box).timings  # refreshed once
+    with torch.no_grad():  # an optimiser step updates parameters in place
+        model.sam.mask_decoder.compress_vit_feat[3].bias.add_(1.0)
+    stepped = pred.predict("cat", box).logits
+    assert np.abs(stepped - after.logits).max() > 1e-3
+    np.testing.assert_allclose(stepped, from_scratch(), atol=1e-5, rtol=0)

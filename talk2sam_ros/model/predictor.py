@@ -3,6 +3,7 @@ prompt-independent tensor; predict(text, boxes) then costs only text (LRU-cached
 prompt encoders and the decoder."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -54,7 +55,9 @@ class _Frame:
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     embedding: torch.Tensor  # (1, C, 64, 64)
+    interm0: torch.Tensor  # (1, 64, 64, C_vit) first global block (to refresh hq_feats)
     hq_feats: torch.Tensor  # (1, C/8, 256, 256) fused HQ features
+    hq_state: tuple[tuple[int, int], ...]  # _hq_weights_state() hq_feats was computed with
     patches_n: torch.Tensor  # (1, N, D) L2-normalised DINOv2 patch tokens
     head_emb: torch.Tensor  # (1, H, D) Talk2DINO per-head embeddings (attention_max)
     attn: torch.Tensor  # (1, H, N)
@@ -101,13 +104,14 @@ class Talk2SAMPredictor:
         with _timer(timings, "dino_encode", dev):
             patches, attn = model.encode_dino(dino_in)
         with _timer(timings, "frame_cache", dev):
+            hq_state = _hq_weights_state(model)
             hq_feats = model.hq_features(emb, interm0)
             patches_n = l2_normalize(patches)
             head_emb = head_embeddings(patches, attn)
         with self._lock:
             key = f"{self._prefix}-{next(self._ids)}"
             self._frame = _Frame(key, (int(image.shape[0]), int(image.shape[1])), input_size,
-                                 emb, hq_feats, patches_n, head_emb, attn)
+                                 emb, interm0, hq_feats, hq_state, patches_n, head_emb, attn)
             self.encode_count += 1
         self.last_encode_timings = timings
         return key
@@ -171,6 +175,7 @@ class Talk2SAMPredictor:
         dev = model.device
         timings: dict[str, float] = {}
         boxes_np = None if boxes is None else T.check_boxes(boxes, frame.original_size)
+        frame = self._refresh_hq_features(frame, timings)
 
         similarity = None
         dense = None
@@ -218,6 +223,21 @@ class Talk2SAMPredictor:
         result.timings = timings
         return result
 
+    def _refresh_hq_features(self, frame: _Frame, timings: dict[str, float]) -> _Frame:
+        """The cached HQ features depend on trainable decoder weights (embedding_encoder,
+        compress_vit_feat): recompute them if those changed since set_image (trained weights
+        loaded, heads swapped, an optimiser step), so a prompt never mixes old and new."""
+        state = _hq_weights_state(self.model)
+        if state == frame.hq_state:
+            return frame
+        with _timer(timings, "frame_refresh", self.model.device):
+            hq_feats = self.model.hq_features(frame.embedding, frame.interm0)
+        fresh = dataclasses.replace(frame, hq_feats=hq_feats, hq_state=state)
+        with self._lock:
+            if self._frame is frame:  # unless a newer frame was set meanwhile
+                self._frame = fresh
+        return fresh
+
     def _boxes_from_grid(self, grid: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
         cfg = self.model.config
         cells, _ = boxes_from_similarity(grid, cfg.text_box_threshold, cfg.text_box_relative,
@@ -226,6 +246,17 @@ class Talk2SAMPredictor:
             h, w = original_size
             return np.array([[0.0, 0.0, float(w), float(h)]], dtype=np.float32)
         return T.grid_cells_to_source_boxes(cells, grid.shape, original_size)
+
+
+def _hq_weights_state(model: Talk2SAM) -> tuple[tuple[int, int], ...]:
+    """(storage, in-place version) of every weight the fused HQ features depend on: changes
+    when weights are loaded (state_dict tensors share the version counter) or updated in place
+    by an optimiser, or when a parameter is replaced (e.g. moved). Writes through `.data`
+    bypass the version counter and are not seen."""
+    dec = model.sam.mask_decoder
+    return tuple((p.data_ptr(), p._version)
+                 for part in (dec.embedding_encoder, dec.compress_vit_feat)
+                 for p in part.parameters())
 
 
 def _check_mask_input(mask_input: np.ndarray, device: torch.device) -> torch.Tensor:
