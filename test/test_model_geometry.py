@@ -36,6 +36,29 @@ def test_mask_prompt_lands_in_valid_top_left_region():
     assert torch.all(placed[:, 1:] >= placed[:, :-1])
 
 
+@pytest.mark.parametrize("size", [(480, 640), (640, 480), (333, 1001), (1001, 333)])
+def test_one_image_point_lands_at_the_same_place_in_every_frame(size):
+    """A hot DINOv2 cell (the grid covers the whole, squashed image) must appear at the same
+    image point in the source-resolution similarity, in SAM's 256x256 mask prompt (long side
+    1024, padded bottom/right) and for a box around that point mapped to SAM's 1024 frame."""
+    h, w = size
+    row, col = 5, 20
+    grid = torch.zeros(1, 1, 32, 32)
+    grid[0, 0, row, col] = 1.0
+    y, x = (row + 0.5) / 32 * h, (col + 0.5) / 32 * w  # cell centre, source px
+    src = T.grid_to_source(grid, size)[0, 0]
+    sy, sx = divmod(int(src.argmax()), w)
+    assert abs(sy + 0.5 - y) <= h / 64 and abs(sx + 0.5 - x) <= w / 64
+    in_size = T.sam_input_size(size)
+    prompt = T.grid_to_mask_prompt(grid, [in_size])[0, 0]
+    py, px = divmod(int(prompt.argmax()), 256)
+    box = T.boxes_to_sam(np.array([[x - 1, y - 1, x + 1, y + 1]]), size)[0]
+    cy, cx = float(box[1] + box[3]) / 2 / 4, float(box[0] + box[2]) / 2 / 4  # in 256 px
+    assert abs(py + 0.5 - cy) <= 1.0 and abs(px + 0.5 - cx) <= 1.0
+    vh, vw = T.prompt_valid_size(in_size)
+    assert torch.all(prompt[vh:] == 0) and torch.all(prompt[:, vw:] == 0)
+
+
 def test_low_res_to_source_crops_padding():
     logits = torch.full((1, 1, 256, 256), -5.0)
     logits[..., :192, :] = 5.0  # valid rows of a 768x1024 input

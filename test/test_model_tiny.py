@@ -156,6 +156,9 @@ def test_training_path_grads_only_into_trainable_parts(model, image):
     feats = model.encode_images([image, image[:, ::-1].copy()])
     model.train()
     try:
+        for frozen in (model.text_encoder, model.dino, model.sam.image_encoder):
+            assert not any(m.training for m in frozen.modules())  # no train-mode behaviour
+        assert model.mask_prompt.training and model.sam.mask_decoder.training
         model.zero_grad(set_to_none=True)
         out = model.forward_features(feats, ["cat", "ear"],
                                      torch.tensor([[10.0, 10, 120, 140], [0, 0, 200, 149]]))
@@ -345,3 +348,26 @@ def test_cached_hq_features_follow_weight_changes(tmp_path, image):
     stepped = pred.predict("cat", box).logits
     assert np.abs(stepped - after.logits).max() > 1e-3
     np.testing.assert_allclose(stepped, from_scratch(), atol=1e-5, rtol=0)
+
+
+def test_dino_cls_attention_is_what_timm_computes(model, image):
+    """DinoBackbone's per-head CLS->patch logits, completed with the CLS->prefix logits, must
+    reproduce the CLS output of timm's own last attention layer (q/k/v split, head layout and
+    scale right), and patches must exclude CLS and registers."""
+    attn_mod = model.dino.vit.blocks[-1].attn
+    seen: dict[str, torch.Tensor] = {}
+    handle = attn_mod.register_forward_hook(lambda _m, i, o: seen.update(x=i[0], out=o))
+    try:
+        patches, logits = model.encode_dino(T.dino_preprocess(image))
+    finally:
+        handle.remove()
+    n_prefix = model.dino.num_prefix
+    assert n_prefix == 5 and patches.shape[1] == logits.shape[2] == 1024
+    b, n, _ = seen["x"].shape
+    heads, hd = model.dino.num_heads, model.dino.head_dim
+    with torch.no_grad():
+        q, k, v = attn_mod.qkv(seen["x"]).reshape(b, n, 3, heads, hd).unbind(2)
+        prefix = torch.einsum("bhd,bnhd->bhn", q[:, 0] * hd ** -0.5, k[:, :n_prefix])
+        full = torch.cat([prefix, logits], dim=-1).softmax(dim=-1)  # (B, heads, N)
+        cls_out = attn_mod.proj(torch.einsum("bhn,bnhd->bhd", full, v).reshape(b, -1))
+    assert torch.allclose(cls_out, seen["out"][:, 0], atol=1e-5, rtol=0)
