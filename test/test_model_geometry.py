@@ -113,3 +113,24 @@ def test_similarity_maps():
     best = int(s.argmax())
     peak = int(attn[0, best].argmax())
     assert cmap[0, peak] >= s[0, best] - 1e-6
+
+
+def test_similarity_maths_stay_fp32_under_autocast():
+    """Mixed-precision training wraps forward_features in autocast; the cosines, softmaxes and
+    head embeddings must still be float32 maths (autocast would run the einsums in bf16)."""
+    gen = torch.Generator().manual_seed(1)
+    patches = torch.randn(2, 1024, 64, generator=gen)
+    text = torch.randn(2, 64, generator=gen)
+    attn = torch.randn(2, 4, 1024, generator=gen) * 3
+
+    def run() -> list[torch.Tensor]:
+        heads = head_embeddings(patches, attn)
+        return [patch_cosine(text, l2_normalize(patches)), heads,
+                *attention_max_cosine(text, heads, attn)]
+
+    ref = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = run()
+    for a, b in zip(got, ref):
+        assert a.dtype == torch.float32
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)

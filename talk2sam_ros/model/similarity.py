@@ -1,19 +1,41 @@
 """Pure functions: text/patch similarity maps and boxes from a similarity map.
 
-All maths here runs in float32 whatever the model dtype (cosines and softmaxes are fragile).
+All maths here runs in float32 whatever the model dtype (cosines and softmaxes are fragile),
+also inside a caller's autocast region (mixed-precision training), which would otherwise run the
+einsums in fp16/bf16.
 """
 from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+_F = TypeVar("_F", bound=Callable)
 
+
+def fp32_maths(fn: _F) -> _F:
+    """Run `fn` with autocast switched off (inputs are cast to float32 inside)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        with contextlib.ExitStack() as stack:
+            for device_type in ("cuda", "cpu"):
+                if torch.is_autocast_enabled(device_type):
+                    stack.enter_context(torch.autocast(device_type, enabled=False))
+            return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
+@fp32_maths
 def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return F.normalize(x.float(), dim=dim, eps=1e-6)
 
 
+@fp32_maths
 def patch_cosine(text: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
     """Cosine between projected text (B, D) and L2-normalised patch tokens (B, N, D) -> (B, N).
 
@@ -21,6 +43,7 @@ def patch_cosine(text: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bd,bnd->bn", l2_normalize(text), patches.float())
 
 
+@fp32_maths
 def head_embeddings(patches: torch.Tensor, attn_logits: torch.Tensor) -> torch.Tensor:
     """Talk2DINO training embeddings: per head h, softmax over patches of the CLS attention
     logits weights a mean of the patch tokens. patches (B, N, D) (raw, after the final norm),
@@ -29,6 +52,7 @@ def head_embeddings(patches: torch.Tensor, attn_logits: torch.Tensor) -> torch.T
     return l2_normalize(torch.einsum("bhn,bnd->bhd", weights, patches.float()))
 
 
+@fp32_maths
 def attention_max_cosine(text: torch.Tensor, head_emb: torch.Tensor,
                          attn_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """'attention_max' map (docs/model.md): s_h = cos(text, e_h) per head (Talk2DINO eq. 2);
@@ -45,6 +69,7 @@ def attention_max_cosine(text: torch.Tensor, head_emb: torch.Tensor,
     return cos_map, scores.amax(dim=1)
 
 
+@fp32_maths
 def cosine_to_unit(cos: torch.Tensor) -> torch.Tensor:
     """Public similarity in [0, 1]: Talk2DINO's soft mask, a plain sigmoid of the cosine."""
     return torch.sigmoid(cos.float())
