@@ -75,6 +75,9 @@ def test_check_boxes_clips_and_rejects():
         T.check_boxes([[700, 0, 800, 10]], (480, 640))  # empty once clipped
     with pytest.raises(ValueError, match="inf"):
         T.check_boxes([[0, 0, np.inf, 10]], (480, 640))
+    for junk in ({"x0": 1}, [[0, 0, 10, "a"]], [[0, 0, 10, [1]]], object()):
+        with pytest.raises(ValueError, match="boxes"):  # never a TypeError for the caller
+            T.check_boxes(junk, (480, 640))
 
 
 def test_boxes_from_similarity_components():

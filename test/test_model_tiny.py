@@ -260,6 +260,10 @@ def test_build_rejects_bad_arguments():
         build_talk2sam("tiny", checkpoints={"sam": "x.pth"})
     with pytest.raises(ValueError, match="dtype"):
         build_talk2sam("tiny", dtype=torch.int8)
+    with pytest.raises(ValueError, match="text_box_relative"):
+        get_preset("tiny").replace(text_box_relative=1.5)
+    with pytest.raises(ValueError, match="text_box_min_cells"):
+        get_preset("tiny").replace(text_box_min_cells=0)
 
 
 def test_bfloat16_encoders_close_to_float32(predictor, image):

@@ -122,8 +122,10 @@ class ModelConfig:
             raise ValueError("templates must be a non-empty list of strings containing '{}'")
         if not 0.0 <= self.text_box_threshold <= 1.0:
             raise ValueError("text_box_threshold must be in [0, 1]")
-        if self.max_text_boxes < 1:
-            raise ValueError("max_text_boxes must be >= 1")
+        if not 0.0 <= self.text_box_relative <= 1.0:
+            raise ValueError("text_box_relative must be in [0, 1]")
+        if self.max_text_boxes < 1 or self.text_box_min_cells < 1:
+            raise ValueError("max_text_boxes and text_box_min_cells must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of str/int/float/bool/list/None (safe for weights_only loading)."""

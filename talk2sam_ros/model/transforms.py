@@ -80,7 +80,10 @@ def dino_preprocess(image: np.ndarray, size: int = 448, device: torch.device | s
 def check_boxes(boxes: object, original_size: tuple[int, int]) -> np.ndarray:
     """Validate XYXY source-pixel boxes, (4,) or (N, 4); return (N, 4) float32 clipped to the
     image. Raises ValueError on bad shapes, non-finite values or empty boxes."""
-    arr = np.asarray(boxes, dtype=np.float64)
+    try:
+        arr = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"boxes must be numbers of shape (N, 4) XYXY: {exc}") from None
     if arr.ndim == 1 and arr.shape[0] == 4:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[1] != 4 or arr.shape[0] == 0:
