@@ -8,7 +8,6 @@ table and colour conversions; the row view is ours because the PyPI cv_bridge ig
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import cv2
@@ -45,6 +44,13 @@ def copy_header(header: Header) -> Header:
     out = Header(frame_id=header.frame_id)
     out.stamp.sec, out.stamp.nanosec = header.stamp.sec, header.stamp.nanosec
     return out
+
+
+def same_frame(a: str, b: str) -> bool:
+    """Whether two frame_ids name the same frame: equal up to tf2's leading '/' (which tf2
+    strips), or either one empty (unknown)."""
+    a, b = a.lstrip("/"), b.lstrip("/")
+    return not a or not b or a == b
 
 
 def stamp_key(header: Header) -> tuple[int, int]:
@@ -215,8 +221,3 @@ def clean_text(text: str, max_length: int) -> str:
                             f"max_text_length {max_length}")
     return stripped
 
-
-def stamp_to_seconds(header: Header) -> float:
-    """Header stamp in seconds (float); NaN for an unstamped header."""
-    sec, nsec = stamp_key(header)
-    return math.nan if (sec, nsec) == (0, 0) else sec + nsec * 1e-9

@@ -380,9 +380,15 @@ class Talk2SAMNode(LifecycleNode):
             if self._worker.is_alive():
                 self.get_logger().error("worker did not stop within 120 s")
             self._worker = None
+        # Frames received before deactivation must not be answered after a re-activation
+        # (an unstamped prompt applies to the newest cached frame); and they hold images.
         with self._cond:
             self._pending = None
             self._jobs.clear()
+            self._frames.clear()
+        self._encoded = None
+        if self._predictor is not None:
+            self._predictor.reset_image()  # frees the last frame's encoder features
 
     def _teardown_outputs(self) -> None:
         for pub in self._pubs.values():
@@ -470,6 +476,8 @@ class Talk2SAMNode(LifecycleNode):
                                 f"among the {len(self._frames)} cached frames; it applies to "
                                 "the following frames", throttle_duration_sec=_LOG_PERIOD_S)
                 else:
+                    if self._pending is match:
+                        self._pending = None  # the job answers it, with this same prompt
                     if len(self._jobs) >= _MAX_PROMPT_JOBS:
                         self._jobs.popleft()
                         self._counters.add("frames_dropped")
@@ -552,8 +560,7 @@ class Talk2SAMNode(LifecycleNode):
             lap("debug_delay")
         boxes = None
         if prompt is not None and prompt.boxes is not None:
-            if prompt.frame_id and frame.header.frame_id and \
-                    prompt.frame_id != frame.header.frame_id:
+            if not conv.same_frame(prompt.frame_id, frame.header.frame_id):
                 raise conv.InputRejected(f"prompt {prompt.id} boxes are in frame "
                                          f"{prompt.frame_id!r}, the image in "
                                          f"{frame.header.frame_id!r}")

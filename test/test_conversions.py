@@ -211,5 +211,11 @@ def test_clean_text():
 
 def test_stamp_helpers():
     assert conv.stamp_key(_header(3, 4)) == (3, 4)
-    assert conv.stamp_to_seconds(_header(3, 500_000_000)) == 3.5
-    assert np.isnan(conv.stamp_to_seconds(_header(0, 0)))
+    assert conv.stamp_key(_header(0, 0)) == (0, 0)
+
+
+def test_same_frame_ignores_tf2_leading_slash_and_unknown_frames():
+    assert conv.same_frame("camera_optical", "/camera_optical")
+    assert conv.same_frame("", "camera_optical") and conv.same_frame("camera_optical", "")
+    assert not conv.same_frame("camera_optical", "other_camera")
+    assert not conv.same_frame("/camera", "/camera_optical")

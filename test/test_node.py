@@ -153,7 +153,8 @@ def test_rejected_inputs_are_counted_and_the_node_goes_on(ros):
     log = ros.log.read_text()
     assert "rejected image: image encoding '32FC1' is not supported" in log
     assert "rejected prompt 9: prompt has 3 box values, not a multiple of 4" in log
-    client.publish_prompt(11, "person", boxes=PERSON_BOX, frame_id="camera_optical")
+    # the same frame written with tf2's optional leading slash
+    client.publish_prompt(11, "person", boxes=PERSON_BOX, frame_id="/camera_optical")
     header = client.publish_image(sample_picture())
     assert client.wait_output("result", header, 11) is not None, ros.log_tail()
 

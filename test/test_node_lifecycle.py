@@ -11,6 +11,7 @@ import rclpy
 from node_harness import (Client, key, module_domain, ros_environment, sample_picture,
                           start_node)
 from rosutil import stop
+from std_msgs.msg import Header
 
 MISSING = "/nonexistent/dir/talk2sam_tiny.pt"
 
@@ -18,6 +19,7 @@ MISSING = "/nonexistent/dir/talk2sam_tiny.pt"
 class Ros:
     def __init__(self, client: Client, proc, log, tmp) -> None:
         self.client, self.proc, self.log, self.tmp = client, proc, log, tmp
+        self.last_header: Header | None = None  # last frame processed before a deactivation
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -110,6 +112,7 @@ def test_activate_processes_compressed_frames_in_the_namespace(ros):
     assert client.wait_active(60)
     header, result = _segment(client, 1)
     assert result is not None, ros.log_text()[-3000:]
+    ros.last_header = header
     assert (result.image_width, result.image_height) == (160, 120)
     mask = client.wait_output("mask", header)
     assert key(mask.header) == key(header) and (mask.width, mask.height) == (160, 120)
@@ -123,6 +126,12 @@ def test_deactivate_stops_processing_and_activate_resumes(ros):
     assert _image_subscribed(client, False)
     assert client.change_state("activate") is True
     assert _image_subscribed(client, True)
+    # frames from before the deactivation are gone: a prompt for one is not answered with it
+    client.publish_prompt(3, "person", boxes=[10, 10, 80, 100], stamp=ros.last_header)
+    assert client.spin_until(lambda: client.diagnostics and
+                             client.diagnostics[-1].get("prompt_frame_missed") == "1", 30), \
+        ros.log_text()[-3000:]
+    assert client.output("result", ros.last_header, 3) is None
     header, result = _segment(client, 2)
     assert result is not None, ros.log_text()[-3000:]
 

@@ -83,6 +83,33 @@ def test_30hz_stream_on_a_slow_model_processes_the_newest_frame_with_bounded_age
     assert client.set_parameters(debug_delay_ms=0)[0].successful
 
 
+
+def test_a_stamped_prompt_for_the_waiting_frame_answers_it_once(ros):
+    """A frame waiting for the worker (held back by max_rate_hz: one start per 4 s) and a
+    stamped prompt for it: the prompt's request answers the frame, which then no longer waits
+    (it would otherwise be run a second time with the same prompt, or be counted dropped
+    when the next frame replaces it)."""
+    client = ros.client
+    picture = sample_picture(48, 64)
+    client.publish_prompt(30, "person", boxes=[5, 5, 40, 40])
+    before = _settled(client)
+    assert client.set_parameters(max_rate_hz=0.25)[0].successful
+    try:
+        first = client.publish_image(picture, "rgb8")
+        assert client.wait_output("result", first, 30) is not None, ros.log_tail()
+        waiting = client.publish_image(picture, "rgb8")  # held until 4 s after `first`
+        client.publish_prompt(31, "person", boxes=[8, 8, 30, 40], stamp=waiting)
+        assert client.wait_output("result", waiting, 31) is not None, ros.log_tail()
+        following = client.publish_image(picture, "rgb8")  # the state is prompt 31 now
+        assert client.wait_output("result", following, 31) is not None, ros.log_tail()
+    finally:
+        assert client.set_parameters(max_rate_hz=0.0)[0].successful
+    answers = [r.prompt_id for r in client.received["result"] if key(r.header) == key(waiting)]
+    assert answers == [31]
+    after = _counts(client)
+    assert after["frames_dropped"] == before["frames_dropped"]
+    assert after["frames_processed"] - before["frames_processed"] == 3
+
 def _malformed_image(rng: np.random.Generator) -> tuple[Image, bool]:
     """A random image message and whether its header fields must be rejected."""
     kind = rng.integers(0, 8)
