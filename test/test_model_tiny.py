@@ -375,3 +375,13 @@ def test_dino_cls_attention_is_what_timm_computes(model, image):
         full = torch.cat([prefix, logits], dim=-1).softmax(dim=-1)  # (B, heads, N)
         cls_out = attn_mod.proj(torch.einsum("bhn,bnhd->bhd", full, v).reshape(b, -1))
     assert torch.allclose(cls_out, seen["out"][:, 0], atol=1e-5, rtol=0)
+
+
+def test_frame_on_another_device_is_a_clear_error(image):
+    """A frame cached before the model moved must not be decoded against the moved model."""
+    model = build_talk2sam("tiny")
+    pred = Talk2SAMPredictor(model)
+    pred.set_image(image)
+    model.to("meta")  # any other device
+    with pytest.raises(RuntimeError, match="set_image again"):
+        pred.predict(None, [[0, 0, 10, 10]])

@@ -173,6 +173,9 @@ class Talk2SAMPredictor:
             raise ValueError("mask_input is only for box-only mode (text=None)")
         model = self.model
         dev = model.device
+        if frame.embedding.device != dev:
+            raise RuntimeError(f"the model moved to {dev} after set_image (frame cached on "
+                               f"{frame.embedding.device}): call set_image again")
         timings: dict[str, float] = {}
         boxes_np = None if boxes is None else T.check_boxes(boxes, frame.original_size)
         frame = self._refresh_hq_features(frame, timings)
