@@ -24,6 +24,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Point32, Polygon
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -171,8 +172,17 @@ class Talk2SAMNode(LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        # name -> why its --params-file / -p value was refused (wrong type or range): the node
+        # stays up with the default, and configure fails until the parameter is set again
+        self._refused: dict[str, str] = {}
         for spec in PARAMS:
-            self.declare_parameter(spec.name, spec.default, descriptor(spec))
+            try:
+                self.declare_parameter(spec.name, spec.default, descriptor(spec))
+            except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+                self.declare_parameter(spec.name, spec.default, descriptor(spec),
+                                       ignore_override=True)
+                self._refused[spec.name] = str(exc)
+                self.get_logger().error(f"parameter {spec.name} refused: {exc}")
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._parameters_changed)
         self._bridge = conv.make_bridge()
@@ -211,6 +221,8 @@ class Talk2SAMNode(LifecycleNode):
 
     def _parameters_changed(self, params: list[Parameter]) -> None:
         """Live parameters apply to the next frame; the others wait for the next configure."""
+        for param in params:
+            self._refused.pop(param.name, None)
         if self._cfg is None:
             return
         names = [p.name for p in params if p.name in PARAM_BY_NAME]
@@ -227,6 +239,9 @@ class Talk2SAMNode(LifecycleNode):
 
     def read_config(self) -> NodeConfig:
         """NodeConfig from the node's current parameter values (ValueError when invalid)."""
+        if self._refused:
+            raise ValueError("start-up values refused (set these parameters again): "
+                             + "; ".join(self._refused.values()))
         return node_config_from_params({spec.name: self.get_parameter(spec.name).value
                                         for spec in PARAMS})
 

@@ -34,6 +34,7 @@ def ros(tmp_path_factory):
         for name, value in ros_environment(domain).items():
             mp.setenv(name, value)
         proc = start_node(log, domain, "-p", "autostart:=false",
+                          "-p", "max_rate_hz:=5", "-p", "qos_depth:=0",  # int for a float; range
                           "-p", f"checkpoint_talk2sam:={MISSING}",
                           "-p", "image_transport:=compressed", "-p", "diagnostics_period_s:=0.25",
                           "-r", "__ns:=/robot", "-r", "image:=/camera/image_raw",
@@ -64,6 +65,17 @@ def _segment(client: Client, prompt_id: int):
 def test_without_autostart_the_node_waits_unconfigured(ros):
     assert ros.client.state() == "unconfigured", ros.log_text()[-3000:]
     assert "autostart is false" in ros.log_text()
+
+
+def test_refused_start_up_values_keep_the_node_up_and_configure_failing_until_set(ros):
+    client = ros.client
+    log = ros.log_text()
+    assert "parameter max_rate_hz refused" in log and "parameter qos_depth refused" in log
+    assert client.change_state("configure") is False
+    assert client.state() == "unconfigured" and ros.proc.poll() is None
+    assert "configure failed: start-up values refused" in ros.log_text()
+    assert "Traceback" not in ros.log_text()
+    assert all(r.successful for r in client.set_parameters(max_rate_hz=5.0, qos_depth=3))
 
 
 def test_configure_fails_cleanly_on_missing_and_corrupt_weights(ros):
