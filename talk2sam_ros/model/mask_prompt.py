@@ -40,10 +40,14 @@ class MaskPromptEncoder(nn.Module):
         """Copy SAM's (pretrained) mask_downscaling weights."""
         self.mask_downscaling.load_state_dict(prompt_encoder.mask_downscaling.state_dict())
 
+    def grid_logits(self, cos_grid: torch.Tensor) -> torch.Tensor:
+        """Cosine map -> the logit-like values `scale * (cos - bias)` on the same grid."""
+        return self.scale * (cos_grid.float() - self.bias)
+
     def to_prompt(self, cos_grid: torch.Tensor, input_sizes: Sequence[tuple[int, int]]
                   ) -> torch.Tensor:
         """(B, 1, g, g) cosine -> (B, 1, 256, 256) logit-like prompt in SAM's padded frame."""
-        return grid_to_mask_prompt(self.scale * (cos_grid.float() - self.bias), input_sizes)
+        return grid_to_mask_prompt(self.grid_logits(cos_grid), input_sizes)
 
     def forward(self, prompt: torch.Tensor) -> torch.Tensor:
         """(B, 1, 256, 256) prompt -> (B, C, 64, 64) dense embedding."""
