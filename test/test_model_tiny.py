@@ -212,6 +212,20 @@ def test_trained_weights_round_trip(model, tmp_path, image):
     assert build_talk2sam(None, checkpoints={"talk2sam": path}).config == other.config
 
 
+def test_trained_weights_warn_about_other_behaviour(tmp_path, caplog):
+    """A head trained on attention_max maps loads onto a patch-map model (experiments), but
+    not silently."""
+    trained = build_talk2sam(get_preset("tiny").replace(similarity_mode="attention_max"))
+    save_trained_weights(trained, tmp_path / "head.pt")
+    with caplog.at_level("WARNING", logger="talk2sam_ros.model.build"):
+        load_trained_weights(build_talk2sam("tiny"), tmp_path / "head.pt")
+    assert "similarity_mode='attention_max'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="talk2sam_ros.model.build"):
+        build_talk2sam(None, checkpoints={"talk2sam": tmp_path / "head.pt"})
+    assert "trained with other" not in caplog.text
+
+
 def test_trained_weights_errors(tmp_path):
     model = build_talk2sam("tiny")
     path = tmp_path / "head.pt"

@@ -29,6 +29,9 @@ DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "b
 # Config fields that define the architecture of the frozen parts / the saved tensors.
 _ARCH_FIELDS = ("sam", "dino", "clip", "dino_dim", "dino_heads", "train_full_decoder",
                 "train_clip_projection")
+# Behaviour fields a head is trained with: a different value still loads (experiments) but
+# the head then sees inputs it was not trained on, so loading warns.
+_TRAINED_WITH_FIELDS = ("templates", "similarity_mode", "hq_token_only", "multimask_output")
 # Values of architecture fields added after files were written without them.
 _ARCH_DEFAULTS = {"train_clip_projection": False}
 
@@ -202,8 +205,13 @@ def load_trained_weights(model: Talk2SAM, path: str | os.PathLike,
             f"talk2sam: {path} was trained for preset {file_cfg.get('preset')!r} with a "
             f"different architecture ({', '.join(diff)} differ) than this model "
             f"(preset {model.config.preset!r})")
-    if file_cfg.get("templates") != model_cfg.get("templates"):
-        log.warning("talk2sam: %s was trained with other prompt templates", path)
+    other = [f for f in _TRAINED_WITH_FIELDS
+             if f in file_cfg and file_cfg[f] != model_cfg.get(f)]
+    if other:
+        log.warning("talk2sam: %s was trained with other %s (%s) than this model uses (%s); "
+                    "build with preset=None to use the file's config", path, ", ".join(other),
+                    ", ".join(f"{f}={file_cfg[f]!r}" for f in other),
+                    ", ".join(f"{f}={model_cfg.get(f)!r}" for f in other))
     if check_fingerprint and data["encoder_fingerprint"] != model.encoder_fingerprint:
         raise CheckpointError(
             f"talk2sam: {path} was trained on different frozen encoders (fingerprint "
