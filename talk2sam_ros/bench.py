@@ -437,13 +437,18 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from talk2sam_ros.demo import interrupt_on_termination
+
     cfg = config_from_args(build_parser().parse_args(argv))
     try:
-        with cli_logging(logging.WARNING):
+        with cli_logging(logging.WARNING), interrupt_on_termination():
             result = run(cfg)
     except (RuntimeError, ValueError, OSError) as exc:  # CheckpointError, bad preset, ...
         print(f"talk2sam-bench: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the node subprocess is already stopped
+        print("talk2sam-bench: interrupted", file=sys.stderr)
+        return 130
     print(to_markdown(result))
     print("wrote " + ", ".join(result["files"]))
     return 0

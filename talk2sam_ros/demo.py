@@ -19,14 +19,17 @@ node, publish, collect) is shared with ``talk2sam-bench``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +105,26 @@ class FrameResult:
     @property
     def pipeline_ms(self) -> float:
         return sum(ms for name, ms in self.stages.items() if "." not in name)
+
+
+@contextlib.contextmanager
+def interrupt_on_termination() -> Iterator[None]:
+    """SIGTERM / SIGHUP (kill, a closing terminal, a supervisor) act like Ctrl-C while the
+    block runs: KeyboardInterrupt unwinds the `with NodeHarness` blocks, so the node
+    subprocess is stopped instead of being left running. Main thread only (signal API)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _domain_id() -> int:
@@ -187,20 +210,29 @@ class NodeHarness:
         self._wait_for_node()
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown()
-        if self._node is not None:
-            self._node.destroy_node()
-        if self._context is not None:
-            self._context.try_shutdown()
-        self._executor = self._node = self._context = None
+        try:
+            if self._executor is not None:
+                self._executor.shutdown()
+            if self._node is not None:
+                self._node.destroy_node()
+            if self._context is not None:
+                self._context.try_shutdown()
+        finally:  # whatever happened above, the node process must not outlive us
+            self._executor = self._node = self._context = None
+            self._stop_node()
+
+    def _stop_node(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(2)  # SIGINT: the node tears down cleanly
+            self.proc.send_signal(signal.SIGINT)  # the node tears down cleanly
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+            except KeyboardInterrupt:  # a second Ctrl-C: do not wait any longer
+                self.proc.kill()
+                self.proc.wait(10)
+                raise
         if self._log_fh is not None:
             self._log_fh.close()
             self._log_fh = None
@@ -712,9 +744,23 @@ class DemoConfig:
 
 
 QUALITY_TINY = ("The tiny preset has random frozen encoders (CLIP text, DINOv2, SAM-HQ image "
-                "encoder) and only its head trained for a few minutes on synthetic wires: the "
-                "masks show the data path working, not Talk2SAM's accuracy.")
+                "encoder); at most its head is trained (the demo's: a few minutes on synthetic "
+                "wires): the masks show the data path working, not Talk2SAM's accuracy.")
 QUALITY_REAL = "Official checkpoints: masks reflect the real model."
+
+
+def describe_weights(preset: str, checkpoints: Mapping[str, str], params_file: str | None,
+                     trained_by_demo: bool) -> tuple[str, str]:
+    """(what the node ran with, what quality to expect) for the summary; claims only what
+    the demo knows (a parameter file with preset tiny is still random encoders)."""
+    if preset != "tiny":
+        return f"preset {preset}: official checkpoints", QUALITY_REAL
+    head = checkpoints.get("talk2sam")
+    if trained_by_demo:
+        head = f"trained on synthetic data by the demo ({head})"
+    elif head is None:
+        head = f"as set in {params_file}" if params_file else "untrained (random)"
+    return f"tiny preset (random frozen encoders); head: {head}", QUALITY_TINY
 
 
 def build_frames(cfg: DemoConfig, cache: Path) -> list[DemoFrame]:
@@ -751,7 +797,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = dict(cfg.checkpoints)
-    if cfg.preset == "tiny" and "talk2sam" not in checkpoints and not cfg.params_file:
+    trained = cfg.preset == "tiny" and "talk2sam" not in checkpoints and not cfg.params_file
+    if trained:
         checkpoints["talk2sam"] = str(ensure_trained_tiny(cache, cfg.train, cfg.retrain,
                                                           cfg.progress))
     frames = build_frames(cfg, cache)
@@ -804,13 +851,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             print(f"[demo] streaming at {cfg.rate_hz:g} Hz for {cfg.stream_seconds:g} s",
                   flush=True)
             stream = h.stream([f.rgb for f in frames], cfg.rate_hz, cfg.stream_seconds)
-    real = cfg.preset != "tiny" or bool(cfg.params_file)
+    weights, quality = describe_weights(cfg.preset, checkpoints, cfg.params_file, trained)
     meta = {"preset": cfg.preset, "device": cfg.device, "output_dir": str(out),
-            "weights": ("official checkpoints" if real else
-                        f"tiny preset (random frozen encoders) + head trained on synthetic "
-                        f"data ({checkpoints.get('talk2sam')})"),
-            "quality_note": QUALITY_REAL if real else QUALITY_TINY,
-            "ros_domain_id": h.domain}
+            "weights": weights, "quality_note": quality, "ros_domain_id": h.domain}
     summary = summarize_run(records, answers, stream, meta)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary))
@@ -909,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["ROS_LOCALHOST_ONLY"] = "1"
     try:
         cfg = config_from_args(build_parser().parse_args(argv))
-        with cli_logging(logging.WARNING):
+        with cli_logging(logging.WARNING), interrupt_on_termination():
             summary = run_demo(cfg)
     except DemoError as exc:
         print(f"talk2sam-demo: error: {exc}", file=sys.stderr)

@@ -3,6 +3,11 @@ node over DDS on loopback, and writes decodable PNGs and a consistent summary.""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -124,3 +129,67 @@ def test_user_images_and_video_become_frames(tmp_path):
         demo.folder_frames(empty, "x", None, 1)
     with pytest.raises(demo.DemoError, match="cannot open video"):
         demo.video_frames(tmp_path / "missing.avi", "x", None, 1)
+
+
+def test_summary_names_the_weights_it_knows():
+    weights, note = demo.describe_weights("tiny", {}, "my.yaml", trained_by_demo=False)
+    assert "random frozen encoders" in weights and "my.yaml" in weights
+    assert note == demo.QUALITY_TINY  # a parameter file does not make tiny official
+    weights, _ = demo.describe_weights("tiny", {"talk2sam": "/c/t.pt"}, None, True)
+    assert "trained on synthetic data by the demo (/c/t.pt)" in weights
+    assert demo.describe_weights("tiny", {}, None, False)[0].endswith("untrained (random)")
+    assert demo.describe_weights("b", {}, None, False) == ("preset b: official checkpoints",
+                                                            demo.QUALITY_REAL)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # fields: state, ppid, ...
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_stops_the_node_subprocess(tmp_path, ros_domain):
+    """`kill <demo>` (or a closing terminal) must not leave the node running."""
+    params = tmp_path / "tiny.yaml"
+    params.write_text("talk2sam:\n  ros__parameters:\n    preset: tiny\n")  # no training
+    out = tmp_path / "out.txt"
+    with open(out, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "talk2sam_ros.demo", "--params-file", str(params),
+             "--no-photos", "--synthetic", "2", "--stream-seconds", "300", "--rate", "2",
+             "--out", str(tmp_path / "demo"), "-q"],
+            stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ), cwd=REPO)
+    node = []
+    try:
+        deadline = time.monotonic() + 180
+        while "[demo] streaming" not in out.read_text() and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, out.read_text()
+        node = _children(proc.pid)
+        assert node, "the node subprocess was not found"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 130, out.read_text()
+        assert "interrupted" in out.read_text()
+        deadline = time.monotonic() + 10
+        while any(map(_alive, node)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_alive, node)), "the node outlived the demo"
+    finally:
+        for pid in [proc.pid, *node]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(10)
