@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -127,7 +128,18 @@ class SpeechNode(Node):
     def _feed(self, samples: np.ndarray, rate: int) -> None:
         self._last_audio = time.monotonic()
         if samples.size:
-            self._publish(self._pipeline.push(samples, rate))
+            self._run(lambda: self._pipeline.push(samples, rate))
+
+    def _run(self, step: Callable[[], list[Recognition]]) -> None:
+        """Publish what `step` recognised; a failure drops the open utterance, not the node."""
+        try:
+            results = step()
+        except Exception as exc:  # noqa: BLE001 - e.g. a pocketsphinx RuntimeError
+            self.get_logger().error(f"audio dropped, recogniser state reset: "
+                                    f"{type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+            self._pipeline = SpeechPipeline(self._pipeline.recognizer, self._cfg.segmenter)
+            return
+        self._publish(results)
 
     def _poll(self) -> None:
         if self._mic is not None:
@@ -138,7 +150,7 @@ class SpeechNode(Node):
                 self._feed(self._mic_queue.get_nowait(), self._cfg.microphone_sample_rate)
         idle = time.monotonic() - self._last_audio
         if idle > self._cfg.flush_after_s and self._pipeline.in_speech:
-            self._publish(self._pipeline.flush())
+            self._run(self._pipeline.flush)
 
     def _publish(self, results: list[Recognition]) -> None:
         log = self.get_logger()
