@@ -159,8 +159,6 @@ class Timer:
 
 def build_predictor(cfg: BenchConfig) -> tuple[Any, Any]:
     """The model and predictor exactly as the node builds them (preset, device, dtype)."""
-    import torch
-
     from talk2sam_ros.model import Talk2SAMPredictor, build_talk2sam, get_preset
 
     checkpoints = None

@@ -4,10 +4,11 @@
    (``<weights cache>/trained/tiny_synthetic.pt``), generate the synthetic thin-object set and
    train the tiny head briefly (talk2sam_ros.training), saving the weights there.
 2. Start the real node (``python -m talk2sam_ros.node``, the code ``ros2 launch`` runs) on a
-   private ROS_DOMAIN_ID with DDS kept on loopback, and a camera stand-in in this process that
-   publishes CC0 scikit-image photos and held-out synthetic wire scenes with ground truth (or
-   ``--images DIR`` / ``--video FILE``), with text + box prompts on ``prompt`` and text-only
-   prompts on ``category``.
+   ROS_DOMAIN_ID ($ROS_DOMAIN_ID, else one derived from the pid) with DDS kept on loopback,
+   and a camera stand-in in this process that publishes CC0 scikit-image photos and
+   held-out synthetic wire scenes with ground truth (or ``--images DIR`` / ``--video
+   FILE``), with text + box prompts on ``prompt`` and text-only prompts on ``category``.
+   SIGTERM/SIGHUP stop the node like Ctrl-C does.
 3. Collect what the node publishes and write PNGs (overlay, mask, similarity colour map, grasp)
    plus ``summary.json`` / ``summary.md`` (frames processed / dropped, per-stage latency, mIoU
    on the synthetic scenes) into the output folder printed at the end.
