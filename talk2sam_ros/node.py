@@ -573,13 +573,13 @@ class Talk2SAMNode(LifecycleNode):
         if cfg.debug_delay_ms:
             time.sleep(cfg.debug_delay_ms / 1000.0)
             lap("debug_delay")
-        boxes = None
+        boxes, kept = None, np.zeros(0, np.int64)
         if prompt is not None and prompt.boxes is not None:
             if not conv.same_frame(prompt.frame_id, frame.header.frame_id):
                 raise conv.InputRejected(f"prompt {prompt.id} boxes are in frame "
                                          f"{prompt.frame_id!r}, the image in "
                                          f"{frame.header.frame_id!r}")
-            boxes, _ = conv.boxes_inside(prompt.boxes, width, height)
+            boxes, kept = conv.boxes_inside(prompt.boxes, width, height)
             if len(boxes) == 0:
                 raise conv.InputRejected(f"none of prompt {prompt.id}'s {len(prompt.boxes)} "
                                          f"box(es) overlaps the {width}x{height} image")
@@ -599,14 +599,14 @@ class Talk2SAMNode(LifecycleNode):
         res = predictor.predict(text=text, boxes=boxes)
         lap("predict")
         timing.extend((f"predict.{k}", float(v)) for k, v in res.timings.items())
-        self._publish(frame, prompt, res, reused, cfg, timing, lap)
+        self._publish(frame, prompt, res, kept, reused, cfg, timing, lap)
 
     def _wanted(self, name: str, enabled: bool) -> bool:
         pub = self._pubs.get(name)
         return enabled and pub is not None and pub.get_subscription_count() > 0
 
-    def _publish(self, frame: Frame, prompt: Prompt | None, res: Any, reused: bool,
-                 cfg: NodeConfig, timing: list[tuple[str, float]],
+    def _publish(self, frame: Frame, prompt: Prompt | None, res: Any, kept: np.ndarray,
+                 reused: bool, cfg: NodeConfig, timing: list[tuple[str, float]],
                  lap: Callable[[str], None]) -> None:
         header, rgb, bridge = frame.header, frame.rgb, self._bridge
         self._counters.add("frames_processed")
@@ -647,6 +647,7 @@ class Talk2SAMNode(LifecycleNode):
                                     image_height=rgb.shape[0])
         result.boxes = np.asarray(res.boxes, np.float32).ravel().tolist()
         result.boxes_from_text = bool(res.boxes_from_text)
+        result.box_indices = [] if res.boxes_from_text else [int(i) for i in kept]
         result.scores = scores.tolist()
         result.areas = masks.reshape(len(masks), -1).sum(axis=1).astype(int).tolist()
         result.mask_area = int(union.sum())

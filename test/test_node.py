@@ -63,6 +63,7 @@ def test_image_and_prompt_give_every_output_with_the_source_header(ros, referenc
     assert (result.prompt_id, result.text) == (42, "person")
     assert (result.image_width, result.image_height) == (160, 120)
     assert list(result.boxes) == PERSON_BOX and not result.boxes_from_text
+    assert list(result.box_indices) == [0]
     assert len(result.scores) == 1 and list(result.areas) == [result.mask_area]
     assert result.mask_area == int((mask > 0).sum())
     assert not result.reused_encoding and result.frame_age_ms > 0
@@ -90,7 +91,7 @@ def test_text_only_prompt_from_category_reuses_the_newest_frame(ros):
     client.publish_category("person")
     result = client.wait_output("result", header, prompt_id=-1)
     assert result is not None, ros.log_tail()
-    assert result.text == "person" and result.boxes_from_text
+    assert result.text == "person" and result.boxes_from_text and not result.box_indices
     assert len(result.boxes) >= 4 and len(result.boxes) == 4 * len(result.scores)
     assert result.reused_encoding  # same frame as the previous prompt: no new encoding
     mask = client.wait_output("mask", header)
@@ -133,6 +134,7 @@ def test_boxes_are_clipped_and_boxes_outside_dropped(ros):
     assert result is not None, ros.log_tail()
     # box 1 clipped, box 2 (outside) dropped, box 3 inverted -> sorted
     assert list(result.boxes) == [0, 0, 50, 40, 60, 5, 90, 50]
+    assert list(result.box_indices) == [0, 2]  # which request box each result box is
     labels = _image(client, client.wait_output("mask_labels", header))
     assert set(np.unique(labels)) <= {0, 1, 2}
 
