@@ -476,12 +476,18 @@ class Talk2SAMNode(LifecycleNode):
         prompt sent after a still image is answered)."""
         log = self.get_logger()
         with self._cond:
-            self._prompt = prompt
+            previous, self._prompt = self._prompt, prompt
             if prompt is None:
                 log.info("prompt cleared")
                 return
-            log.info(f"prompt {prompt.id}: {prompt.text[:80]!r}, "
-                     f"{0 if prompt.boxes is None else len(prompt.boxes)} box(es)")
+            line = (f"prompt {prompt.id}: {prompt.text[:80]!r}, "
+                    f"{0 if prompt.boxes is None else len(prompt.boxes)} box(es)")
+            # A detector re-sends its boxes every frame: log the text when it changes, the
+            # rest at debug level so 30 Hz prompts do not flood the console.
+            if previous is None or previous.text != prompt.text:
+                log.info(line)
+            else:
+                log.debug(line)
             if stamp != (0, 0):
                 match = next((f for f in reversed(self._frames)
                               if conv.stamp_key(f.header) == stamp), None)

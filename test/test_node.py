@@ -116,6 +116,19 @@ def test_three_prompts_on_one_frame_cost_one_image_encoding(ros):
     assert int(client.latest_diagnostics()["reused_encodings"]) >= 2
 
 
+def test_repeated_prompt_text_is_logged_once(ros):
+    """A detector re-sending boxes with the same text every frame does not flood the log."""
+    client = ros.client
+    received = client.counter("prompts_received")
+    for prompt_id in range(201, 206):
+        client.publish_prompt(prompt_id, "guitar string", boxes=PERSON_BOX)
+    assert client.spin_until(
+        lambda: int(client.diagnostics[-1]["prompts_received"]) >= received + 5, 20)
+    log = ros.log.read_text(errors="replace")
+    assert "prompt 201: 'guitar string'" in log, ros.log_tail()
+    assert not any(f"prompt {i}:" in log for i in range(202, 206)), ros.log_tail()
+
+
 def test_prompt_for_an_uncached_frame_applies_to_the_following_frames(ros):
     client = ros.client
     missed = client.counter("prompt_frame_missed")
