@@ -3,15 +3,18 @@ untrained model on held-out images, and its exported weights must load into the 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from talk2sam_ros.model import CheckpointError, Talk2SAMPredictor, build_talk2sam
 from talk2sam_ros.model.config import get_preset
-from talk2sam_ros.training.data import box_from_mask, list_samples, read_gt, read_image
+from talk2sam_ros.training.data import (Sample, box_from_mask, list_samples, read_gt,
+                                        read_image)
 from talk2sam_ros.training.feature_cache import FeatureCache
 from talk2sam_ros.training.train import TextCache, train, validate
 from train_helpers import shared_dirs, tiny_config  # noqa: F401 (fixture)
@@ -29,7 +32,7 @@ def test_training_beats_untrained_model_and_exports(shared_dirs: tuple[Path, Pat
     # The untrained model and the trained one, scored by the same code on the same images.
     untrained = build_talk2sam("tiny")
     trained = build_talk2sam("tiny", checkpoints={"talk2sam": weights})
-    cache = FeatureCache(cache_dir, untrained.encoder_fingerprint)
+    cache = FeatureCache(cache_dir, untrained)
     val = list_samples(f"folder:{data}:val")
     before = validate(untrained, val, TextCache(untrained), cache)
     after = validate(trained, val, TextCache(trained), cache)
@@ -73,3 +76,33 @@ def test_training_beats_untrained_model_and_exports(shared_dirs: tuple[Path, Pat
     with pytest.raises(CheckpointError, match="different frozen encoders"):
         from talk2sam_ros.model import load_trained_weights
         load_trained_weights(other, weights)
+
+
+def test_feature_cache_round_trip_and_invalidation(tmp_path: Path) -> None:
+    fp32, fp32_again = build_talk2sam("tiny"), build_talk2sam("tiny")
+    bf16 = build_talk2sam("tiny", dtype=torch.bfloat16)
+    root = tmp_path / "cache"
+    cache = FeatureCache(root, fp32)
+    assert cache.dir == FeatureCache(root, fp32_again).dir
+    # anything that changes the stored tensors gets its own folder: the encoders' compute dtype
+    # (mixed-precision training encodes in bf16) and the storage dtype
+    assert len({cache.dir, FeatureCache(root, bf16).dir,
+                FeatureCache(root, fp32, "float16").dir}) == 3
+
+    img_path = tmp_path / "img.png"
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    cv2.imwrite(str(img_path), rgb[..., ::-1])
+    sample = Sample(img_path, img_path, "wire", "t", "img")
+    assert FeatureCache(root, bf16).build(bf16, [sample], progress=False) == 1
+    assert not cache.has(sample)  # bf16 features are never served to the fp32 model
+    assert cache.build(fp32, [sample], progress=False) == 1
+    assert cache.build(fp32, [sample], progress=False) == 0  # reused
+    want = fp32.encode_images([rgb]).to_dict()
+    got = cache.load(sample)
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    # an edited image is a new entry, not the stale one
+    old = img_path.stat().st_mtime_ns
+    cv2.imwrite(str(img_path), rgb[::-1, :, ::-1])
+    os.utime(img_path, ns=(old + 10**9, old + 10**9))  # coarse file-system clocks
+    assert not cache.has(sample)

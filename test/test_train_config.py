@@ -91,3 +91,42 @@ def test_rng_state_round_trip(tmp_path: Path) -> None:
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
     assert first[2] == again[2]
+
+
+def test_training_and_eval_never_import_rclpy() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import talk2sam_ros.training.train as t, talk2sam_ros.training.evaluate as e\n"
+            "import talk2sam_ros.training.synthetic, talk2sam_ros.training.feature_cache\n"
+            "import talk2sam_ros.metrics\n"
+            "assert t.main(['--help']) == 0\n"
+            "t.load_config('tiny_synthetic')  # looks in the ament index too\n"
+            "ros = ('rclpy', 'rosidl_runtime_py', 'rcl_interfaces')\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ros)\n"
+            "print('ROS', bad)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ROS []" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_cli_errors_after_parsing_are_one_line(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from talk2sam_ros.training import evaluate, train
+
+    missing = tmp_path / "no_such_data"
+    torch.use_deterministic_algorithms(False)  # torch's default
+    rc = train.main(["--preset=tiny", f"--train_sets=folder:{missing}:train", "--device=cpu",
+                     f"--out_dir={tmp_path / 'run'}", "--progress=false"])
+    assert rc == 2
+    assert f"talk2sam-train: error: dataset root not found: {missing}" in capsys.readouterr().err
+    # the run's deterministic-algorithms switch does not stay on in the calling process
+    assert not torch.are_deterministic_algorithms_enabled()
+    not_weights = tmp_path / "w.pt"
+    torch.save({"hello": 1}, not_weights)
+    rc = evaluate.main(["--weights", str(not_weights), "--sets", f"folder:{missing}:val",
+                        "--out_dir", str(tmp_path / "eval"), "--no_progress"])
+    assert rc == 2
+    assert "is not a Talk2SAM trained-weights file" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,3 +112,35 @@ def test_grad_accumulation_equals_the_larger_batch(shared_dirs: tuple[Path, Path
     assert any(not torch.allclose(wa[k], init[k]) for k in wa)  # both really trained
     for k in wa:  # mean of two 1-image losses == loss of the 2-image batch
         assert torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_resume_refuses_changes_that_break_exactness(shared_dirs: tuple[Path, Path],
+                                                     tmp_path: Path) -> None:
+    data, cache = shared_dirs
+    own = tmp_path / "data" / "train"
+    names = [p.name for p in sorted((data / "train" / "images").glob("*.png"))[:4]]
+    for sub in ("images", "masks"):
+        (own / sub).mkdir(parents=True)
+        for name in names[:3]:
+            shutil.copy(data / "train" / sub / name, own / sub / name)
+    cfg = tiny_config(data, cache, tmp_path / "run", val_limit=1, batch_size=1, epochs=1,
+                      max_steps=1, val_at_start=False, threads=1).replace(
+        train_sets=(f"folder:{own.parent}:train",))
+    train(cfg)
+    resume = cfg.replace(max_steps=0, resume=True)
+    # a new batch size would skip the wrong samples; a new lr would be ignored (the optimizer
+    # state holds the old one): both are refused, naming the key and both values
+    with pytest.raises(ValueError, match=r"batch_size \(1 -> 2\)"):
+        train(resume.replace(batch_size=2))
+    with pytest.raises(ValueError, match=r"lr \(0.01 -> 0.02\)"):
+        train(resume.replace(lr=0.02))
+    # same spec, but another image appeared in the folder: the data order changed
+    for sub in ("images", "masks"):
+        shutil.copy(data / "train" / sub / names[3], own / sub / names[3])
+    with pytest.raises(ValueError, match="training set changed .*3 images then, 4 now"):
+        train(resume)
+    for sub in ("images", "masks"):
+        (own / sub / names[3]).unlink()
+    # how the run is executed may change freely
+    weights = train(resume.replace(log_every=2, ckpt_every=7))
+    assert torch.load(weights, weights_only=True)["meta"]["step"] == 3

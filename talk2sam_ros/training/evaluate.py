@@ -44,10 +44,12 @@ from talk2sam_ros.metrics import binarize_gt, boundary_iou, mask_iou
 from talk2sam_ros.model import transforms as T
 from talk2sam_ros.model.build import (build_talk2sam, load_trained_weights,
                                       trained_weights_config)
+from talk2sam_ros.model.checkpoints import CheckpointError
 from talk2sam_ros.model.config import get_preset
 from talk2sam_ros.model.talk2sam import ImageFeatures, Talk2SAM
 from talk2sam_ros.training.data import (Sample, box_from_mask, list_samples, part_boxes,
                                         read_gt, read_image)
+from talk2sam_ros.weights import WeightsError
 
 LOG = logging.getLogger(__name__)
 
@@ -415,7 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          dilation_ratio=args.dilation_ratio, grid_rows=args.grid_rows,
                          device=args.device, progress=not args.no_progress)
         report = evaluate(cfg)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError, CheckpointError, WeightsError) as exc:
+        # bad specs/paths, unreadable images, weights that do not fit the encoders
+        LOG.debug("evaluation failed", exc_info=True)
         print(f"talk2sam-eval: error: {exc}", file=sys.stderr)
         return 2
     print(report["markdown"])

@@ -2,10 +2,13 @@
 their outputs for an image never change. They are computed once per image and stored on disk;
 training then runs only the text side, the mask-prompt encoder and the HQ decoder.
 
-Layout: ``<cache_dir>/<encoder fingerprint[:16]>/<sha1 of image path, size, mtime>.pt``, each a
-``torch.save`` dict of one image's :class:`~talk2sam_ros.model.talk2sam.ImageFeatures` tensors
-(batch dimension 1) written atomically. Encoders with other weights get another folder, an
-edited image another file, so a stale entry is never read.
+Layout: ``<cache_dir>/<key>/<sha1 of image path, size, mtime>.pt``, each a ``torch.save`` dict
+of one image's :class:`~talk2sam_ros.model.talk2sam.ImageFeatures` tensors (batch dimension 1)
+written atomically. ``key`` (:func:`cache_key`) hashes everything that changes the stored
+tensors: the frozen-encoder fingerprint (weights), the encoders' compute dtype (bf16/fp16
+encoders under mixed precision give other features than fp32), DINOv2's input size, the storage
+dtype and the cache format version. Any change gets another folder and an edited image another
+file, so a stale entry is never read.
 
 What the cache disables: every augmentation that changes pixels (flip, crop, photometric,
 noise) -- the cached features are those of the original image. Prompt-side augmentation (box
@@ -16,6 +19,7 @@ tokens x 1024), 16 MB for ViT-B/DINOv2-B; ``dtype=float16`` halves it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,17 +34,26 @@ from talk2sam_ros.training.data import Sample, read_image
 LOG = logging.getLogger(__name__)
 
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CACHE_FORMAT = 1  # bump when what is stored, or how images are preprocessed for it, changes
+
+
+def cache_key(model: Talk2SAM, dtype: str = "float32") -> str:
+    """16 hex digits naming ``model``'s cache folder for features stored as ``dtype``."""
+    if not model.encoder_fingerprint:
+        raise ValueError("the model has no encoder fingerprint; cannot key a feature cache")
+    ident = {"fingerprint": model.encoder_fingerprint, "encoder_dtype": str(model.encoder_dtype),
+             "dino_img_size": model.config.dino.img_size, "storage": dtype,
+             "format": CACHE_FORMAT}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class FeatureCache:
-    """Per-image frozen features on disk for one set of frozen encoders."""
+    """Per-image frozen features on disk for one model's frozen encoders."""
 
-    def __init__(self, root: str | Path, fingerprint: str, dtype: str = "float32") -> None:
+    def __init__(self, root: str | Path, model: Talk2SAM, dtype: str = "float32") -> None:
         if dtype not in CACHE_DTYPES:
             raise ValueError(f"cache dtype {dtype!r} not in {sorted(CACHE_DTYPES)}")
-        if not fingerprint:
-            raise ValueError("the model has no encoder fingerprint; cannot key a feature cache")
-        self.dir = Path(root) / fingerprint[:16]
+        self.dir = Path(root) / cache_key(model, dtype)
         self.dtype = CACHE_DTYPES[dtype]
 
     def path(self, sample: Sample) -> Path:

@@ -22,6 +22,7 @@ augmentations and points of the uninterrupted one. Never imports rclpy.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -45,7 +46,7 @@ from tqdm.auto import tqdm
 
 from talk2sam_ros.metrics import boundary_iou, mask_iou
 from talk2sam_ros.model.build import build_talk2sam, save_trained_weights
-from talk2sam_ros.model.checkpoints import atomic_torch_save
+from talk2sam_ros.model.checkpoints import CheckpointError, atomic_torch_save
 from talk2sam_ros.model.config import get_preset
 from talk2sam_ros.model.talk2sam import ForwardOutput, ImageFeatures, Talk2SAM
 from talk2sam_ros.model.transforms import SAM_IMAGE_SIZE
@@ -55,6 +56,7 @@ from talk2sam_ros.training.data import (AugmentConfig, Sample, SegmentationDatas
 from talk2sam_ros.training.feature_cache import FeatureCache, stack_features
 from talk2sam_ros.training.losses import (bce_dice_loss, point_sampled_bce_dice,
                                           similarity_loss)
+from talk2sam_ros.weights import WeightsError
 
 LOG = logging.getLogger(__name__)
 
@@ -64,6 +66,16 @@ BEST_WEIGHTS_NAME = "talk2sam_weights_best.pt"
 LOG_NAME = "log.jsonl"
 PLOT_NAME = "curves.png"
 CHECKPOINT_VERSION = 1
+# --resume refuses a change of these: the data order and position (seed, batch, accumulation,
+# training set) would no longer line up with the checkpoint, and the optimizer's
+# hyper-parameters come back from its saved state, so a new value would be silently ignored
+RESUME_FIXED = ("seed", "batch_size", "grad_accum", "train_sets", "synthetic_n",
+                "synthetic_size", "synthetic_dir", "synthetic_distractors", "optimizer", "lr",
+                "momentum", "weight_decay", "betas")
+# ... and may change these without a word (how the run is executed and reported)
+RESUME_FREE = ("resume", "max_steps", "progress", "num_workers", "threads", "out_dir",
+               "ckpt_every", "log_every", "val_every", "val_at_start", "device",
+               "keep_epoch_weights")
 
 __all__ = ["TrainConfig", "load_config", "train", "main", "build_model_for",
            "validate", "WEIGHTS_NAME"]
@@ -100,12 +112,28 @@ def _barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def _comm_device() -> torch.device:
+    """Where collective tensors must live: NCCL only moves CUDA tensors, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     if info.world == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return t.tolist()
+
+
+def _all_gather(obj: Any, info: DistInfo) -> list[Any]:
+    """``obj`` of every rank, in rank order (a one-item list without DDP)."""
+    if info.world == 1:
+        return [obj]
+    out: list[Any] = [None] * info.world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 # --------------------------------------------------------------------------- setup helpers
@@ -307,8 +335,7 @@ def compute_loss(cfg: TrainConfig, model: Talk2SAM, out: ForwardOutput, feats: I
         parts["dice"] += p["dice"] / len(tgts)
     total = total / len(tgts)
     if cfg.similarity_weight > 0 and out.cosine is not None:
-        mp = model.mask_prompt
-        sim_logits = mp.scale * (out.cosine - mp.bias)
+        sim_logits = model.mask_prompt.grid_logits(out.cosine)
         sims = [similarity_loss(sim_logits[i:i + 1], tgts[i]) for i in range(len(tgts))]
         sim = torch.stack(sims).mean()
         total = total + cfg.similarity_weight * sim
@@ -463,7 +490,8 @@ def plot_curves(log_path: Path, out_png: Path) -> None:
     ax1.set_ylim(0, 1)
     for ax in (ax0, ax1):
         ax.grid(alpha=0.3)
-        ax.legend(loc="best")
+        if ax.get_legend_handles_labels()[0]:  # an empty axis (no validation yet) has none
+            ax.legend(loc="best")
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(f".{out_png.name}.tmp.png")
@@ -500,7 +528,7 @@ class Trainer:
         self.cache = None
         if cfg.feature_cache:
             root = Path(cfg.cache_dir or self.out / "feature_cache")
-            self.cache = FeatureCache(root, self.model.encoder_fingerprint, cfg.cache_dtype)
+            self.cache = FeatureCache(root, self.model, cfg.cache_dtype)
         self.texts = TextCache(self.model)
         self.dataset = SegmentationDataset(self.train_samples, augment_config(cfg),
                                            seed=cfg.seed, load_image=self.cache is None)
@@ -533,7 +561,16 @@ class Trainer:
     def ckpt_path(self) -> Path:
         return self.out / CHECKPOINT_NAME
 
+    def _train_set_id(self) -> str:
+        """sha1 of the ordered training samples and their texts (the data order is a
+        permutation of this list)."""
+        keys = "\n".join(f"{s.key}\t{s.category}" for s in self.train_samples)
+        return hashlib.sha1(keys.encode()).hexdigest()
+
     def save_checkpoint(self) -> None:
+        """Called on every rank at the same points (collects each rank's RNG state); rank 0
+        writes the file atomically."""
+        rngs = _all_gather(rng_state(), self.info)
         if not self.info.main:
             return
         atomic_torch_save({
@@ -545,8 +582,9 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "position": {"epoch": self.pos.epoch, "micro": self.pos.micro,
                          "step": self.pos.step, "best_miou": self.pos.best_miou},
-            "rng": rng_state(),
+            "rng": rngs,  # one per rank
             "world": self.info.world,
+            "train_set": {"images": len(self.train_samples), "sha1": self._train_set_id()},
             "fingerprint": self.model.encoder_fingerprint,
             "config": self.cfg.to_dict(),
         }, self.ckpt_path)
@@ -564,12 +602,24 @@ class Trainer:
         if ck["world"] != self.info.world:
             raise ValueError(f"{self.ckpt_path} was written by {ck['world']} processes; resume "
                              f"with the same number (now {self.info.world})")
-        changed = {k for k, v in ck["config"].items()
-                   if k not in ("resume", "max_steps", "progress", "num_workers", "threads",
-                                "out_dir", "ckpt_every", "log_every")
-                   and self.cfg.to_dict().get(k) != v}
+        now = self.cfg.to_dict()
+        changed = sorted(k for k, v in ck["config"].items()
+                         if k not in RESUME_FREE and now.get(k) != v)
+        fixed = [k for k in changed if k in RESUME_FIXED]
+        if fixed:
+            raise ValueError(
+                f"{self.ckpt_path}: cannot resume exactly with changed "
+                + ", ".join(f"{k} ({ck['config'][k]!r} -> {now[k]!r})" for k in fixed)
+                + "; resume with the checkpoint's values, or start a new run in another "
+                "out_dir with init_weights pointing at this run's weights file")
         if changed:
-            LOG.warning("resume: config differs from the checkpoint's in %s", sorted(changed))
+            LOG.warning("resume: config differs from the checkpoint's in %s", changed)
+        train_set = ck.get("train_set")
+        if train_set and train_set["sha1"] != self._train_set_id():
+            raise ValueError(
+                f"{self.ckpt_path}: the training set changed since the checkpoint "
+                f"({train_set['images']} images then, {len(self.train_samples)} now, or other "
+                "files): the data order cannot be continued exactly")
         with torch.no_grad():
             state = self.model.state_dict()
             for k, v in ck["trainable"].items():
@@ -579,7 +629,8 @@ class Trainer:
         self.scaler.load_state_dict(ck["scaler"])
         p = ck["position"]
         self.pos = Position(p["epoch"], p["micro"], p["step"], p["best_miou"])
-        set_rng_state(ck["rng"])
+        rngs = ck["rng"] if isinstance(ck["rng"], list) else [ck["rng"]] * self.info.world
+        set_rng_state(rngs[self.info.rank])
         self.log.truncate_after(self.pos.step)
         LOG.info("resumed from %s at epoch %d, micro-batch %d, step %d", self.ckpt_path,
                  self.pos.epoch, self.pos.micro, self.pos.step)
@@ -720,6 +771,10 @@ class Trainer:
             lr = self.scheduler.get_last_lr()[0]
             bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{lr:.2e}")
             if pos.step % cfg.log_every == 0 or pos.step == 1:
+                # the logged losses are the mean over all ranks (as the averaged gradients)
+                keys = sorted(stats)
+                sums = _all_reduce_sum([stats[k] for k in keys], self.info)
+                stats = {k: v / self.info.world for k, v in zip(keys, sums)}
                 self.log.write({"kind": "train", "step": pos.step, "epoch": pos.epoch,
                                 "lr": self.scheduler.get_last_lr()[0], "grad_norm": norm,
                                 **stats, "time": time.time()})
@@ -747,11 +802,12 @@ class Trainer:
         """True when every rank holds the same trainable weights (DDP kept them in step)."""
         if self.info.world == 1:
             return True
-        flat = torch.cat([p.detach().float().flatten().cpu()
+        dev = _comm_device()
+        flat = torch.cat([p.detach().float().flatten().to(dev)
                           for p in self.model.trainable_parameters()])
         ref = flat.clone()
         dist.broadcast(ref, src=0)
-        diff = torch.tensor([float((flat - ref).abs().max())])
+        diff = (flat - ref).abs().max().reshape(1)
         dist.all_reduce(diff, op=dist.ReduceOp.MAX)
         return float(diff) == 0.0
 
@@ -779,7 +835,11 @@ class Trainer:
 
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume, with cfg.resume) training; returns the exported weights file path."""
+    # cfg.threads and cfg.deterministic must not leak into the caller (e.g. the demo)
     threads = torch.get_num_threads()
+    det = (torch.are_deterministic_algorithms_enabled(),
+           torch.is_deterministic_algorithms_warn_only_enabled())
+    benchmark = torch.backends.cudnn.benchmark
     trainer = None
     try:
         trainer = Trainer(cfg)
@@ -787,7 +847,9 @@ def train(cfg: TrainConfig) -> Path:
     finally:
         if trainer is not None:
             trainer.close()
-        torch.set_num_threads(threads)  # cfg.threads must not leak into the caller
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det[0], warn_only=det[1])
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -806,7 +868,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"talk2sam-train: error: {exc}", file=sys.stderr)
         return 2
-    weights = train(cfg)
+    try:
+        weights = train(cfg)
+    except (ValueError, OSError, CheckpointError, WeightsError) as exc:
+        # bad data paths/specs, unreadable images, checkpoints that do not fit, refused resume
+        LOG.debug("training failed", exc_info=True)
+        print(f"talk2sam-train: error: {exc}", file=sys.stderr)
+        return 2
     if rank == 0:
         print(f"weights: {weights}")
     return 0
