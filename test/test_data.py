@@ -112,6 +112,11 @@ def test_big_layout_default_category_and_csv(tmp_path: Path) -> None:
     got = list_samples(f"big:{root}:val?categories={csv}&limit=2")
     assert [s.category for s in got] == ["sofa", "bicycle"]
     assert list_samples(f"big:{root}:val?categories={csv}")[2].category == "street lamp"
+    # a spreadsheet's export: byte-order mark, spaces around names, a short row
+    csv.write_bytes("\ufefffilename , category\n77777_8a8a8a_im.jpg , Street Lamp\n3015_bicycle\n"
+                    .encode("utf-8"))
+    got = list_samples(f"big:{root}:val?categories={csv}")
+    assert [s.category for s in got] == ["sofa", "bicycle", "street lamp"]
 
 
 def test_folder_layout_and_dataset_items(tmp_path: Path) -> None:

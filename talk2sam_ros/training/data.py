@@ -88,15 +88,21 @@ def load_category_csv(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"category CSV not found: {path}")
-    with path.open(newline="", encoding="utf-8") as f:
+    # utf-8-sig: spreadsheet programs put a byte-order mark before the header
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or ())
+        cols = {c.strip() for c in reader.fieldnames or ()}
         key = "stem" if "stem" in cols else "filename" if "filename" in cols else None
         if key is None or "category" not in cols:
             raise ValueError(f"{path}: need columns 'stem' (or 'filename') and 'category', "
                              f"got {sorted(cols)}")
-        return {Path(row[key].strip()).stem: row["category"].strip() for row in reader
-                if row.get(key) and row.get("category", "").strip()}
+        out = {}
+        for row in reader:  # short rows give None for the missing cells: skipped
+            row = {(k or "").strip(): v.strip() if isinstance(v, str) else ""
+                   for k, v in row.items()}
+            if row.get(key) and row.get("category"):
+                out[Path(row[key]).stem] = row["category"]
+        return out
 
 
 def load_exclude_list(path: str | Path) -> set[str]:
