@@ -8,10 +8,12 @@ table and colour conversions; the row view is ours because the PyPI cv_bridge ig
 """
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
+import PIL.Image
 from cv_bridge import CvBridge, CvBridgeError
 from cv_bridge.boost import cv_bridge_boost
 from sensor_msgs.msg import CompressedImage, Image
@@ -105,12 +107,29 @@ def image_to_rgb(msg: Image, bridge: CvBridge) -> np.ndarray:
     return np.ascontiguousarray(cv_bridge_boost.cvtColor2(pixels, encoding, "rgb8"))
 
 
+def _check_declared_size(data: bytes) -> None:
+    """Reject an image whose header declares more than MAX_IMAGE_SIDE px per side before
+    anything is decoded: a few bytes could otherwise make the decoder allocate gigabytes.
+    Pillow reads only the header here; formats it does not know are left to OpenCV."""
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+    except PIL.Image.DecompressionBombError as exc:  # far beyond any camera frame
+        raise InputRejected(f"compressed image header: {exc}") from None
+    except (OSError, ValueError, SyntaxError):
+        return
+    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
+        raise InputRejected(f"compressed image declares {width}x{height}, which exceeds "
+                            f"{MAX_IMAGE_SIDE} px per side")
+
+
 def compressed_to_rgb(msg: CompressedImage, bridge: CvBridge) -> np.ndarray:
     """(H, W, 3) uint8 RGB from a CompressedImage (jpeg/png; grey and alpha are converted)."""
     if "compresseddepth" in msg.format.lower():
         raise InputRejected(f"compressed depth images are not supported ({msg.format!r})")
     if len(msg.data) == 0:
         raise InputRejected("compressed image has no data")
+    _check_declared_size(bytes(msg.data))
     try:
         decoded = bridge.compressed_imgmsg_to_cv2(msg)  # passthrough: BGR, BGRA or grey
     except (CvBridgeError, cv2.error) as exc:

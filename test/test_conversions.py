@@ -1,6 +1,9 @@
 """Image/prompt message <-> numpy conversions (no running graph)."""
 from __future__ import annotations
 
+import struct
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -133,6 +136,31 @@ def test_compressed_images_decode_to_rgb(bridge, ext, kind):
 def test_bad_compressed_images_are_rejected(bridge, msg, words):
     with pytest.raises(conv.InputRejected, match=words):
         conv.compressed_to_rgb(msg, bridge)
+
+
+def _declaring(ext: str, width: int, height: int) -> bytes:
+    """A small real PNG/JPEG whose header is rewritten to declare width x height."""
+    ok, data = cv2.imencode(ext, np.zeros((8, 8, 3), np.uint8))
+    assert ok
+    data = bytearray(data.tobytes())
+    if ext == ".png":  # IHDR: width, height at 16..24, CRC over type + data at 29..33
+        data[16:24] = struct.pack(">II", width, height)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    else:  # baseline SOF0: FFC0, length, precision, height, width
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+@pytest.mark.parametrize("width, height", [(16400, 8), (8, 60000), (30000, 30000)])
+def test_a_huge_declared_size_is_rejected_before_decoding(bridge, ext, width, height):
+    msg = CompressedImage(format=ext[1:], data=_declaring(ext, width, height))
+    with pytest.raises(conv.InputRejected, match="exceeds"):
+        conv.compressed_to_rgb(msg, bridge)
+    # The same rewrite within the limit is not refused by the size check.
+    small = CompressedImage(format=ext[1:], data=_declaring(ext, 8, 8))
+    assert conv.compressed_to_rgb(small, bridge).shape == (8, 8, 3)
 
 
 def test_outputs_carry_an_independent_copy_of_the_source_header(bridge):
