@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from talk2sam_ros.model import build_talk2sam
-from talk2sam_ros.training.train import train
+from talk2sam_ros.training.train import RunLog, train
 from train_helpers import shared_dirs, tiny_config  # noqa: F401 (fixture)
 
 
@@ -144,3 +144,32 @@ def test_resume_refuses_changes_that_break_exactness(shared_dirs: tuple[Path, Pa
     # how the run is executed may change freely
     weights = train(resume.replace(log_every=2, ckpt_every=7))
     assert torch.load(weights, weights_only=True)["meta"]["step"] == 3
+
+
+def test_diverged_training_stops_and_keeps_the_last_good_checkpoint(
+        shared_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    data, cache = shared_dirs
+    out = tmp_path / "nan"
+    # lr 1e30: the first step blows the weights up, the second loss is NaN
+    cfg = tiny_config(data, cache, out, train_limit=8, val_limit=1, batch_size=2, epochs=1,
+                      optimizer="sgd", lr=1e30, momentum=0.0, grad_clip=0.0,
+                      lr_schedule="constant", warmup_steps=0, val_at_start=False,
+                      ckpt_every=1, threads=1)
+    with pytest.raises(FloatingPointError, match="non-finite training loss .* step 2"):
+        train(cfg)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["position"]["step"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["trainable"].values())
+    assert not (out / "talk2sam_weights.pt").exists()  # no NaN export for the node to load
+
+
+def test_run_log_survives_a_torn_line(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "log.jsonl", enabled=True)
+    for step in (1, 2, 3):
+        log.write({"kind": "train", "step": step, "loss": 1.0 / step})
+    with log.path.open("a") as f:
+        f.write('{"kind": "train", "step": 4, "lo')  # the crash hit mid-append
+    assert [r["step"] for r in log.records()] == [1, 2, 3]
+    log.truncate_after(2)  # what --resume does from a step-2 checkpoint
+    assert [r["step"] for r in log.records()] == [1, 2]
+    assert log.path.read_text().endswith("}\n")

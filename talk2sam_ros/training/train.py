@@ -450,8 +450,7 @@ class RunLog:
     def truncate_after(self, step: int) -> None:
         if not self.enabled or not self.path.is_file():
             return
-        keep = [ln for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = [json.dumps(r) for r in self.records() if r.get("step", 0) <= step]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(ln + "\n" for ln in keep))
         tmp.replace(self.path)
@@ -462,9 +461,19 @@ class RunLog:
                 f.write(json.dumps(record) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
+        """The parsed records; a line torn by a crash (power loss mid-append) is skipped."""
         if not self.path.is_file():
             return []
-        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+        out = []
+        for ln in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(ln) if ln.strip() else None
+            except json.JSONDecodeError:
+                LOG.warning("%s: skipping an unreadable line %r", self.path, ln[:80])
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
 
 
 def plot_curves(log_path: Path, out_png: Path) -> None:
@@ -757,6 +766,14 @@ class Trainer:
             group_size = min(cfg.grad_accum, self.micro_per_epoch - group_start)
             last_in_group = pos.micro + 1 == group_start + group_size
             acc.append(self._micro_step(batch, 1.0 / group_size, sync=last_in_group))
+            if not math.isfinite(acc[-1]["loss"]) and not self.scaler.is_enabled():
+                # stop before the optimizer step: NaN weights would overwrite the checkpoint
+                # and the export (fp16's GradScaler skips such steps by itself)
+                raise FloatingPointError(
+                    f"non-finite training loss ({acc[-1]['loss']}) at epoch {pos.epoch + 1}, "
+                    f"step {pos.step + 1}; stopped before the optimizer step, the last "
+                    f"checkpoint {self.ckpt_path} is untouched (lower lr, set grad_clip, or "
+                    "check the data)")
             pos.micro += 1
             if not last_in_group:
                 self.train_seconds += time.perf_counter() - t0
@@ -870,8 +887,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         weights = train(cfg)
-    except (ValueError, OSError, CheckpointError, WeightsError) as exc:
-        # bad data paths/specs, unreadable images, checkpoints that do not fit, refused resume
+    except (ValueError, OSError, CheckpointError, WeightsError, FloatingPointError) as exc:
+        # bad data paths/specs, unreadable images, checkpoints that do not fit, refused resume,
+        # diverged training
         LOG.debug("training failed", exc_info=True)
         print(f"talk2sam-train: error: {exc}", file=sys.stderr)
         return 2
