@@ -45,6 +45,16 @@ def test_deterministic_reuse_and_overwrite(tmp_path: Path) -> None:
         generate_synthetic_dataset(a, n=6, seed=2, image_size=64, progress=False)
     generate_synthetic_dataset(a, n=2, seed=2, image_size=64, progress=False, overwrite=True)
     assert len(list((a / "train" / "images").glob("*.png"))) == 1
+    # a generation interrupted by Ctrl-C / kill (no meta.json, its marker left) is redone
+    # instead of being taken for somebody else's dataset
+    c = tmp_path / "interrupted"
+    generate_synthetic_dataset(c, n=4, seed=1, image_size=64, progress=False)
+    (c / "meta.json").unlink()
+    (c / ".generating").write_text("{}")
+    (c / "train" / "images" / files[0].name).unlink(missing_ok=True)
+    generate_synthetic_dataset(c, n=4, seed=1, image_size=64, progress=False)
+    assert (c / "meta.json").is_file() and not (c / ".generating").exists()
+    assert sorted(p.relative_to(c) for p in c.rglob("*.png")) == files
     with pytest.raises(ValueError, match="unknown synthetic categories"):
         generate_synthetic_dataset(tmp_path / "c", n=4, categories=("cable", "ladder"))
 

@@ -317,13 +317,18 @@ def generate_synthetic_dataset(out_dir: str | Path, n: int = 64, seed: int = 0,
             and not overwrite:
         LOG.info("reusing synthetic dataset in %s", out)
         return out
+    marker = out / ".generating"  # present from the start until meta.json is written
     stale = [out / s for s in ("train", "val") if (out / s).exists()]
-    if stale and not overwrite:
+    if stale and not overwrite and not marker.is_file():
         raise FileExistsError(f"{out} already holds a different dataset ({stale[0]}); pass "
                               "overwrite=True or another out_dir")
+    if marker.is_file():
+        LOG.info("%s: completing an interrupted generation from scratch", out)
     for folder in stale:  # only the split folders this function writes
         shutil.rmtree(folder)
     meta_path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(params))
     n_val = min(n - 1, max(1, int(round(n * val_fraction))))
     n_train = n - n_val
     backgrounds = load_backgrounds()
@@ -351,4 +356,5 @@ def generate_synthetic_dataset(out_dir: str | Path, n: int = 64, seed: int = 0,
     tmp.write_text(json.dumps({"params": params, "counts": counts,
                                "backgrounds": len(backgrounds)}, indent=2))
     tmp.replace(meta_path)  # written last: a half-written dataset is never "reused"
+    marker.unlink()
     return out
