@@ -63,6 +63,10 @@ def test_resume_after_kill_and_after_max_steps(shared_dirs: tuple[Path, Path],
     ck = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
     assert ck["position"] == {"epoch": 1, "micro": 1, "step": 4, "best_miou": ck["position"][
         "best_miou"]}
+    # resuming with the same max_steps trains nothing more
+    again = train(cfg.replace(resume=True))
+    assert torch.load(again, weights_only=True)["meta"]["step"] == 4
+    assert _train_steps(tmp_path / "stopped" / "log.jsonl") == [1, 2, 3, 4]
     _assert_same(ref, train(cfg.replace(max_steps=0, resume=True)))
 
     # 2) SIGKILL a real training process after its second step, resume from its checkpoint

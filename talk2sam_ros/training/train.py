@@ -735,7 +735,8 @@ class Trainer:
             self.log.truncate_after(-1)
             if cfg.val_at_start:
                 self._validate_and_log()
-        stopped = False
+        # a resumed run already at max_steps stops at once (not one step later)
+        stopped = bool(cfg.max_steps and self.pos.step >= cfg.max_steps)
         while self.pos.epoch < cfg.epochs and not stopped:
             stopped = self._run_epoch()
         elapsed = time.time() - t_start
