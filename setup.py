@@ -11,6 +11,16 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).resolve().parent
 VERSION = re.search(r"<version>([^<]+)</version>", (HERE / "package.xml").read_text()).group(1)
 
+
+def config_files() -> list[tuple[str, list[str]]]:
+    """config/ (training presets, speech vocabulary, node parameters) into
+    <prefix>/share/talk2sam_ros/config, where talk2sam_ros.resources finds it."""
+    folders = sorted({p.parent for p in (HERE / "config").rglob("*") if p.is_file()})
+    return [(str(Path("share/talk2sam_ros") / d.relative_to(HERE)),
+             sorted(str(p.relative_to(HERE)) for p in d.iterdir() if p.is_file()))
+            for d in folders]
+
+
 setup(
     name="talk2sam_ros",
     version=VERSION,
@@ -20,6 +30,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["talk2sam_ros", "talk2sam_ros.*"]),
+    data_files=config_files(),
     install_requires=[
         "torch>=2.1",
         "torchvision",
@@ -32,6 +43,7 @@ setup(
         "scipy",
         "tqdm",
         "matplotlib",
+        "pillow",
         "pooch>=1.8",
         "requests",
         "pyyaml",

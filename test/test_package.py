@@ -53,3 +53,48 @@ def test_ros2_run_executables_are_installed():
         assert (REPO / exe).exists()
         installed = REPO.joinpath(prefix, "lib", "talk2sam_ros", exe.split("/")[-1])
         assert installed.exists(), installed
+
+
+def test_pip_wheel_ships_config_found_outside_a_checkout(tmp_path):
+    """`pip install` (no colcon): the training presets and the speech vocabulary come with the
+    wheel and are found from <prefix>/share, not from a source tree."""
+    import os
+    import subprocess
+    import sys
+    import sysconfig
+
+    run = lambda *cmd, **kw: subprocess.run(  # noqa: E731
+        cmd, check=True, capture_output=True, text=True, timeout=300, **kw)
+    # Built from a copy of what setup.py reads, so setuptools' build/ and egg-info stay out of
+    # the checkout (its build/ is colcon's).
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "package.xml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    for name in ("talk2sam_ros", "config"):
+        shutil.copytree(REPO / name, src / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+        "-w", str(tmp_path / "wheel"), str(src))
+    wheel = next((tmp_path / "wheel").glob("talk2sam_ros-*.whl"))
+    env = tmp_path / "env"
+    run(sys.executable, "-m", "venv", "--without-pip", str(env))
+    site = next(env.glob("lib/python*/site-packages"))
+    # The new environment borrows this one's dependencies (after its own site-packages).
+    (site / "deps.pth").write_text(
+        f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    # --ignore-installed: never uninstall the checkout's own (editable) install from this env.
+    run(sys.executable, "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q",
+        "--prefix", str(env),
+        str(wheel))
+    probe = ("import talk2sam_ros.resources as r, sys;"
+             "from talk2sam_ros.training.config import resolve_config_path;"
+             "from talk2sam_ros.speech.grammar import default_vocabulary_path;"
+             "print(r.__file__); print(resolve_config_path('paper_vit_h'));"
+             "print(default_vocabulary_path())")
+    plain = {k: v for k, v in os.environ.items() if k != "AMENT_PREFIX_PATH"}  # no ROS
+    out = run(str(env / "bin" / "python"), "-c", probe, cwd=tmp_path, env=plain).stdout.split()
+    assert out[0].startswith(str(env)), out  # the installed copy, not the checkout
+    share = env / "share" / "talk2sam_ros" / "config"
+    assert out[1:] == [str(share / "train" / "paper_vit_h.yaml"),
+                       str(share / "speech_vocabulary.yaml")]

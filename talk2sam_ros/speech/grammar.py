@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from talk2sam_ros.resources import find_config
+
 log = logging.getLogger(__name__)
 
 # Phones of pocketsphinx's en-us acoustic model (CMU phone set, no stress marks).
@@ -138,17 +140,8 @@ def load_vocabulary(path: str | Path) -> Vocabulary:
 
 
 def default_vocabulary_path() -> Path:
-    """The package's config/speech_vocabulary.yaml (installed share dir, else the source tree)."""
-    name = "speech_vocabulary.yaml"
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        installed = Path(get_package_share_directory("talk2sam_ros")) / "config" / name
-        if installed.is_file():
-            return installed
-    except Exception:  # noqa: BLE001 - no ament index (pip install, plain checkout)
-        pass
-    return Path(__file__).resolve().parents[2] / "config" / name
+    """The package's config/speech_vocabulary.yaml (source tree, colcon or pip install)."""
+    return find_config("speech_vocabulary.yaml")
 
 
 def default_dictionary_path() -> Path:

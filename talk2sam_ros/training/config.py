@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
+
+from talk2sam_ros.resources import config_dirs
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("constant", "step", "cosine")
@@ -203,16 +204,8 @@ def _scalar(key: str, value: Any, typ: type, err: ValueError) -> Any:
 
 
 def config_search_dirs() -> list[Path]:
-    """Where preset names are looked up: the source tree, then the installed share folder."""
-    here = Path(__file__).resolve()
-    dirs = [here.parents[2] / "config" / "train",
-            Path(sys.prefix) / "share" / "talk2sam_ros" / "config" / "train"]
-    try:  # a colcon install tree (optional: training never needs ROS)
-        from ament_index_python.packages import get_package_share_directory
-        dirs.append(Path(get_package_share_directory("talk2sam_ros")) / "config" / "train")
-    except Exception:
-        pass
-    return dirs
+    """Where preset names are looked up: config/train/ of the source tree or an install."""
+    return [d / "train" for d in config_dirs()]
 
 
 def resolve_config_path(name: str | Path) -> Path:

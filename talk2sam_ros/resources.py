@@ -1,0 +1,34 @@
+"""Where the package's config files are found, however it was installed.
+
+A source checkout (`config/` next to the package), a colcon install (the ament share
+directory) and a pip install (`setup.py` data_files put `config/` under
+`<prefix>/share/talk2sam_ros/`) all ship the same files.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+PACKAGE = "talk2sam_ros"
+
+
+def config_dirs() -> list[Path]:
+    """Candidate `config/` folders, most specific first: source tree, ament share, pip prefix."""
+    dirs = [Path(__file__).resolve().parents[1] / "config"]
+    try:  # a colcon install tree (optional: training and the CLIs never need ROS)
+        from ament_index_python.packages import get_package_share_directory
+
+        dirs.append(Path(get_package_share_directory(PACKAGE)) / "config")
+    except Exception:  # noqa: BLE001 - no ament index, or the package is not in it
+        pass
+    dirs.append(Path(sys.prefix) / "share" / PACKAGE / "config")
+    return list(dict.fromkeys(dirs))
+
+
+def find_config(name: str) -> Path:
+    """The first existing `config/<name>`; the source-tree path when none exists (so an error
+    message names where the file was expected)."""
+    for d in config_dirs():
+        if (d / name).is_file():
+            return d / name
+    return config_dirs()[0] / name
