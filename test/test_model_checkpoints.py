@@ -187,3 +187,17 @@ def test_corrupt_truncated_and_mismatched_files(files, loaded, tmp_path):
     # a DINO checkpoint given as the CLIP file
     with pytest.raises(CheckpointError, match="clip"):
         loaded.text_encoder.load_checkpoint(root / "dinov2_meta_reg4.pth")
+
+
+def test_atomic_save_replaces_whole_files_and_keeps_the_old_one_on_failure(tmp_path):
+    from talk2sam_ros.model.checkpoints import atomic_torch_save
+
+    path = tmp_path / "ckpt" / "last.pt"
+    atomic_torch_save({"step": 1, "w": torch.arange(4.0)}, path)
+    atomic_torch_save({"step": 2, "w": torch.arange(8.0)}, path)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["step"] == 2 and torch.equal(loaded["w"], torch.arange(8.0))
+    with pytest.raises(Exception):  # a lambda cannot be pickled: the save fails midway
+        atomic_torch_save({"step": 3, "bad": lambda: None}, path)
+    assert torch.load(path, weights_only=True)["step"] == 2
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary left

@@ -109,13 +109,24 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], path: str | 
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename over `path`."""
+    """torch.save to a temporary file in the same folder, then rename over `path`.
+
+    The data and the rename are fsynced, so after a crash or power loss `path` holds either
+    the old file or the whole new one (a rename alone only covers a killed process)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     finally:
         if tmp.exists():
             tmp.unlink()
