@@ -250,9 +250,12 @@ class NodeHarness:
         if self.proc.poll() is not None:
             raise DemoError(f"the node exited with code {self.proc.returncode}; last lines of "
                             f"{self.log_path}:\n{self.log_tail()}")
-        failed = [ln for ln in self.log_tail(40).splitlines() if "configure failed" in ln]
+        # The node logs "configure failed: <reason>" and then a generic autostart line; the
+        # reason is what the user needs (e.g. which weights to download).
+        failed = [ln.split("configure failed: ", 1)[1].strip()
+                  for ln in self.log_tail(40).splitlines() if "configure failed: " in ln]
         if failed:
-            raise DemoError(f"the node could not load the model: {failed[-1].strip()}")
+            raise DemoError(f"the node could not load the model: {failed[-1]}")
 
     def _wait_for_node(self) -> None:
         """Until the node is active: its subscriptions and our output subscriptions matched."""
