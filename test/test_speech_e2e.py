@@ -42,14 +42,17 @@ def test_spoken_find_the_cable_gives_a_mask_for_the_next_frame(tmp_path):
         try:
             logs = lambda: "\n".join(  # noqa: E731
                 p.read_text(errors="replace")[-2000:] for p in tmp_path.glob("*.log"))
-            # As a launch file would leave it once everything is up: the segmentation node
-            # listens on `category` before the speech node starts, so discovery between the
-            # two processes is not raced by the first spoken command.
+            # As a launch file leaves it once everything is up: the segmentation node listens
+            # on `category`, then the speech node starts.
             assert client.wait_active(), logs()
             speech = start_speech_node(tmp_path / "talk2sam_speech.log", domain)
             assert speaker.wait_ready(), logs()
+            # Discovery between the two nodes can take seconds (a command heard before it is
+            # lost, as for a user): speak once the speech node reports both listeners, the
+            # segmentation node and this test.
+            speech_log = tmp_path / "talk2sam_speech.log"
             assert speaker.spin_until(
-                lambda: speaker.node.count_subscribers("/category") >= 2, 30), logs()
+                lambda: "2 subscriber(s) on /category" in speech_log.read_text(), 60), logs()
             for item in spoken_set(["find the cable"], voices_per_text=len(VOICES)):
                 results = speaker.say(item.samples, item.rate)
                 if any(r.accepted for r in results):
@@ -57,11 +60,12 @@ def test_spoken_find_the_cable_gives_a_mask_for_the_next_frame(tmp_path):
             assert speaker.spin_until(lambda: speaker.categories, 5), \
                 [(r.transcript, r.reason) for r in speaker.results]
             assert speaker.categories == ["cable"]
-            # The segmentation node subscribed to `category` before we spoke (wait_active), so
-            # the prompt is set; the next frame is answered with a mask.
+            # The speech node had matched the segmentation node before we spoke, so the prompt
+            # is set; the next frame is answered with a mask.
             header = client.publish_image(sample_picture(), "bgr8")
             mask = client.wait_output("mask", header, timeout=120)
-            assert mask is not None, (logs(), client.latest_diagnostics())
+            assert mask is not None, (logs(), client.latest_diagnostics(), domain,
+                                      client.node.get_node_names_and_namespaces())
             result = client.wait_output("result", header, timeout=30)
             assert result is not None and result.text == "cable" and result.prompt_id == -1
             assert (mask.width, mask.height, mask.encoding) == (160, 120, "mono8")

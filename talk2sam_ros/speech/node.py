@@ -37,6 +37,7 @@ from talk2sam_ros.speech.recognizer import Recognition, SpeechPipeline, SpeechRe
 
 MIN_RATE, MAX_RATE = 1000, 384000  # accepted AudioChunk.sample_rate, Hz
 POLL_S = 0.05  # microphone queue / idle-flush timer period
+LISTENER_CHECK_S = 0.5  # how often the `category` subscriber count is checked
 
 
 def open_microphone(config: SpeechConfig, callback) -> Any:
@@ -105,6 +106,10 @@ class SpeechNode(Node):
                 depth=100, history=HistoryPolicy.KEEP_LAST, reliability=reliability))
             source = f"topic {self.resolve_topic_name(AUDIO_TOPIC)}"
         self._timer = self.create_timer(POLL_S, self._poll)
+        # DDS discovery of the segmentation node can take a few seconds; say when it is done
+        # (and when it goes away), since a command heard before that is lost.
+        self._listeners = 0
+        self._listener_timer = self.create_timer(LISTENER_CHECK_S, self._watch_listeners)
         self.get_logger().info(
             f"listening on {source}: {cfg.recognizer.mode} mode, vocabulary {vocab_path} "
             f"({len(vocab.verbs)} verbs, {len(vocab.adjectives)} adjectives, "
@@ -140,6 +145,12 @@ class SpeechNode(Node):
             self._pipeline = SpeechPipeline(self._pipeline.recognizer, self._cfg.segmenter)
             return
         self._publish(results)
+
+    def _watch_listeners(self) -> None:
+        count = self._category_pub.get_subscription_count()
+        if count != self._listeners:
+            self._listeners = count
+            self.get_logger().info(f"{count} subscriber(s) on {self._category_pub.topic_name}")
 
     def _poll(self) -> None:
         if self._mic is not None:
