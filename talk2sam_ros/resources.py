@@ -28,7 +28,5 @@ def config_dirs() -> list[Path]:
 def find_config(name: str) -> Path:
     """The first existing `config/<name>`; the source-tree path when none exists (so an error
     message names where the file was expected)."""
-    for d in config_dirs():
-        if (d / name).is_file():
-            return d / name
-    return config_dirs()[0] / name
+    dirs = config_dirs()
+    return next((d / name for d in dirs if (d / name).is_file()), dirs[0] / name)
