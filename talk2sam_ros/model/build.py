@@ -12,7 +12,8 @@ import torch
 from segment_anything_hq.modeling.common import LayerNorm2d
 from torch import nn
 
-from .checkpoints import CHECKPOINT_PARTS, CheckpointError, atomic_torch_save
+from .checkpoints import (CHECKPOINT_PARTS, CheckpointError, atomic_torch_save,
+                          safe_torch_load)
 from .config import ModelConfig, get_preset
 from .dino_backbone import DinoBackbone
 from .mask_prompt import MaskPromptEncoder
@@ -164,14 +165,7 @@ def save_trained_weights(model: Talk2SAM, path: str | os.PathLike,
 
 
 def _read_weights_file(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"talk2sam: trained weights file not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"talk2sam: cannot read {path} ({type(exc).__name__}: {exc}); "
-                              "expected a file written by save_trained_weights") from exc
+    data = safe_torch_load(path, "talk2sam")
     if not isinstance(data, dict) or data.get("format") != WEIGHTS_FORMAT:
         raise CheckpointError(f"talk2sam: {path} is not a Talk2SAM trained-weights file "
                               f"(no format={WEIGHTS_FORMAT!r} entry)")

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from talk2sam_ros.model.checkpoints import atomic_torch_save
+from talk2sam_ros.model.checkpoints import atomic_torch_save, safe_torch_load
 from talk2sam_ros.model.talk2sam import ImageFeatures, Talk2SAM
 from talk2sam_ros.training.data import Sample, read_image
 
@@ -66,7 +66,7 @@ class FeatureCache:
 
     def load(self, sample: Sample) -> dict[str, torch.Tensor]:
         """One image's feature tensors (batch dim 1), float32."""
-        data = torch.load(self.path(sample), map_location="cpu", weights_only=True)
+        data = safe_torch_load(self.path(sample), "feature cache")
         return {k: v.float() if v.is_floating_point() else v for k, v in data.items()}
 
     def save(self, sample: Sample, features: ImageFeatures) -> None:

@@ -46,7 +46,8 @@ from tqdm.auto import tqdm
 
 from talk2sam_ros.metrics import boundary_iou, mask_iou
 from talk2sam_ros.model.build import build_talk2sam, save_trained_weights
-from talk2sam_ros.model.checkpoints import CheckpointError, atomic_torch_save
+from talk2sam_ros.model.checkpoints import (CheckpointError, atomic_torch_save,
+                                            safe_torch_load)
 from talk2sam_ros.model.config import get_preset
 from talk2sam_ros.model.talk2sam import ForwardOutput, ImageFeatures, Talk2SAM
 from talk2sam_ros.model.transforms import SAM_IMAGE_SIZE
@@ -602,7 +603,7 @@ class Trainer:
         if not self.ckpt_path.is_file():
             LOG.warning("resume: no checkpoint in %s, starting from scratch", self.out)
             return False
-        ck = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        ck = safe_torch_load(self.ckpt_path, "resume")
         if ck.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{self.ckpt_path}: checkpoint version {ck.get('version')}, "
                              f"expected {CHECKPOINT_VERSION}")
