@@ -14,7 +14,7 @@ VERSION = re.search(r"<version>([^<]+)</version>", (HERE / "package.xml").read_t
 
 def config_files() -> list[tuple[str, list[str]]]:
     """config/ (training presets, speech vocabulary, node parameters) into
-    <prefix>/share/talk2sam_ros/config, where talk2sam_ros.resources finds it."""
+    <prefix>/share/talk2sam_ros/config, where talk2sam_ros.common.resources finds it."""
     folders = sorted({p.parent for p in (HERE / "config").rglob("*") if p.is_file()})
     return [(str(Path("share/talk2sam_ros") / d.relative_to(HERE)),
              sorted(str(p.relative_to(HERE)) for p in d.iterdir() if p.is_file()))
@@ -55,14 +55,14 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "talk2sam_node = talk2sam_ros.node:main",
+            "talk2sam_node = talk2sam_ros.ros.node:main",
             "talk2sam_speech = talk2sam_ros.speech.node:main",
             "talk2sam-say-to-prompt = talk2sam_ros.speech.cli:main",
             "talk2sam-train = talk2sam_ros.training.train:main",
             "talk2sam-eval = talk2sam_ros.training.evaluate:main",
-            "talk2sam-demo = talk2sam_ros.demo:main",
-            "talk2sam-weights = talk2sam_ros.weights:main",
-            "talk2sam-bench = talk2sam_ros.bench:main",
+            "talk2sam-demo = talk2sam_ros.tools.demo:main",
+            "talk2sam-weights = talk2sam_ros.tools.weights:main",
+            "talk2sam-bench = talk2sam_ros.tools.bench:main",
         ],
     },
 )

@@ -29,7 +29,7 @@ from rosutil import spin_until, start_python, stop
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
-from talk2sam_ros import conversions as conv
+from talk2sam_ros.ros import conversions as conv
 from talk2sam_ros.msg import GraspCandidate, SegmentationResult, TextBoxPrompt
 
 OUTPUTS = {"mask": Image, "mask_labels": Image, "similarity": Image, "similarity_color": Image,
@@ -58,7 +58,7 @@ def ros_environment(domain: int) -> dict[str, str]:
 def start_node(log: Path, domain: int, *ros_args: str, console_script: bool = False):
     """talk2sam_node with the tiny preset as a subprocess (`python -m` or the console script)."""
     env = {**os.environ, **ros_environment(domain)}
-    entry = [shutil.which("talk2sam_node")] if console_script else ["-m", "talk2sam_ros.node"]
+    entry = [shutil.which("talk2sam_node")] if console_script else ["-m", "talk2sam_ros.ros.node"]
     assert entry[0], "talk2sam_node console script not on PATH"
     return start_python([*entry, "--ros-args", "-p", "preset:=tiny", *ros_args], log, env)
 

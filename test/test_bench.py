@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from talk2sam_ros import bench
+from talk2sam_ros.tools import bench
 
 
 def test_summarize_matches_numpy():
@@ -42,8 +42,8 @@ def test_quick_tiny_run_writes_json_and_markdown(tmp_path, ros_domain, capsys):
                      "320x240", "--node-frames", "2", "--stream-seconds", "1.5",
                      "--out", str(tmp_path)])
     assert rc == 0
-    js = tmp_path / "bench_tiny_cpu_fp32.json"
-    md = tmp_path / "bench_tiny_cpu_fp32.md"
+    js = tmp_path / "bench_tiny_cpu_float32.json"
+    md = tmp_path / "bench_tiny_cpu_float32.md"
     result = json.loads(js.read_text())
     m, n = result["model"], result["node"]
     for stage in ("sam_encode", "dino_encode", "text_cold", "text_cached", "similarity",

@@ -11,7 +11,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from talk2sam_ros import conversions as conv
+from talk2sam_ros.ros import conversions as conv
 
 RNG = np.random.default_rng(7)
 RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)

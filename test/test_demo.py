@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from talk2sam_ros import demo
+from talk2sam_ros.tools import demo
 from talk2sam_ros.weights import ENV_DIR, trained_weights_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def test_node_arguments_and_params_file():
 def test_image_messages_decode():
     from std_msgs.msg import Header
 
-    from talk2sam_ros import conversions as conv
+    from talk2sam_ros.ros import conversions as conv
 
     bridge = conv.make_bridge()
     rng = np.random.default_rng(0)
@@ -168,7 +168,7 @@ def test_sigterm_stops_the_node_subprocess(tmp_path, ros_domain):
     out = tmp_path / "out.txt"
     with open(out, "w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "talk2sam_ros.demo", "--params-file", str(params),
+            [sys.executable, "-m", "talk2sam_ros.tools.demo", "--params-file", str(params),
              "--no-photos", "--synthetic", "2", "--stream-seconds", "300", "--rate", "2",
              "--out", str(tmp_path / "demo"), "-q"],
             stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ), cwd=REPO)

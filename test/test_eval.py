@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from talk2sam_ros.metrics import boundary_iou, mask_iou
+from talk2sam_ros.common.metrics import boundary_iou, mask_iou
 from talk2sam_ros.model import Talk2SAMPredictor, build_talk2sam, save_trained_weights
 from talk2sam_ros.training.data import box_from_mask, list_samples, read_gt, read_image
 from talk2sam_ros.training.evaluate import (METHODS, EvalConfig, encode, evaluate, main,
@@ -35,7 +35,7 @@ def test_eval_matches_predictor_and_summaries(shared_dirs: tuple[Path, Path],
     data, _ = shared_dirs
     spec = f"folder:{data}:val?limit=3"
     out = tmp_path / "eval"
-    report = evaluate(EvalConfig(sets=(spec,), weights=str(head_weights), out_dir=str(out),
+    report = evaluate(EvalConfig(sets=(spec,), checkpoint_talk2sam=str(head_weights), out_dir=str(out),
                                  grid_rows=2, progress=False))
     recs = report["records"]
     assert len(recs) == 3
@@ -87,7 +87,7 @@ def test_cli(shared_dirs: tuple[Path, Path], head_weights: Path, tmp_path: Path,
              capsys: pytest.CaptureFixture[str]) -> None:
     data, _ = shared_dirs
     out = tmp_path / "cli"
-    rc = main(["--weights", str(head_weights), "--sets", f"folder:{data}:val?limit=1",
+    rc = main(["--checkpoint_talk2sam", str(head_weights), "--sets", f"folder:{data}:val?limit=1",
                "--out_dir", str(out), "--methods", "sam_hq,talk2sam", "--grid_rows", "0",
                "--no_progress"])
     assert rc == 0
@@ -96,5 +96,5 @@ def test_cli(shared_dirs: tuple[Path, Path], head_weights: Path, tmp_path: Path,
     report = json.loads((out / "report.json").read_text())
     assert set(report["summary"]["overall"]) == {"images", "sam_hq", "talk2sam"}
     assert not (out / "grid.png").exists()
-    assert main(["--weights", str(head_weights), "--sets", f"folder:{data}:val",
+    assert main(["--checkpoint_talk2sam", str(head_weights), "--sets", f"folder:{data}:val",
                  "--methods", "magic", "--out_dir", str(out)]) == 2

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from talk2sam_ros.grasp import (Grasp, GraspConfig, grasp_from_mask, largest_component,
-                                longest_path)
+from talk2sam_ros.grasp.pixel import (Grasp, GraspConfig, grasp_from_mask, largest_component,
+                                      longest_path)
 
 
 def _bar(shape, rows, cols) -> np.ndarray:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from rosutil import REPO
 
-from talk2sam_ros.node_config import (NODE_NAME, PARAM_BY_NAME, PARAMS, PUBLICATIONS,
+from talk2sam_ros.ros.params import (NODE_NAME, PARAM_BY_NAME, PARAMS, PUBLICATIONS,
                                       SUBSCRIPTIONS, NodeConfig, node_config_from_params)
 
 LAUNCH = REPO / "launch" / "segment.launch.py"
@@ -153,7 +153,7 @@ def test_node_config_derived_settings():
     assert cfg.checkpoints == {"clip": "clip.pt"}
     assert cfg.max_rate_hz == 3.0 and isinstance(cfg.max_rate_hz, float)
     assert cfg.grasp.end_margin == 0.3
-    assert set(cfg.model_overrides) <= {f.name for f in dataclasses.fields(
+    assert set(cfg.inference_spec.overrides) <= {f.name for f in dataclasses.fields(
         __import__("talk2sam_ros.model", fromlist=["ModelConfig"]).ModelConfig)}
 
 

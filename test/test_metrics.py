@@ -1,4 +1,4 @@
-"""Hand-computed cases for talk2sam_ros.metrics (mask IoU, SAM-HQ boundary IoU)."""
+"""Hand-computed cases for talk2sam_ros.common.metrics (mask IoU, SAM-HQ boundary IoU)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from talk2sam_ros.metrics import (binarize_gt, boundary_iou, boundary_iou_coco, boundary_width,
+from talk2sam_ros.common.metrics import (binarize_gt, boundary_iou, boundary_iou_coco, boundary_width,
                                   mask_iou, mask_to_boundary)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from segment_anything_hq.utils.transforms import ResizeLongestSide
 
+from talk2sam_ros.common.boxes import check_boxes
 from talk2sam_ros.model import transforms as T
 from talk2sam_ros.model.similarity import (attention_max_cosine, boxes_from_similarity,
                                            head_embeddings, l2_normalize, patch_cosine)
@@ -68,16 +69,16 @@ def test_low_res_to_source_crops_padding():
 
 
 def test_check_boxes_clips_and_rejects():
-    out = T.check_boxes([[-5, -5, 700, 20]], (480, 640))
+    out = check_boxes([[-5, -5, 700, 20]], (480, 640))
     np.testing.assert_array_equal(out, [[0, 0, 640, 20]])
     assert out.dtype == np.float32
     with pytest.raises(ValueError, match="inverted"):
-        T.check_boxes([[700, 0, 800, 10]], (480, 640))  # empty once clipped
+        check_boxes([[700, 0, 800, 10]], (480, 640))  # empty once clipped
     with pytest.raises(ValueError, match="inf"):
-        T.check_boxes([[0, 0, np.inf, 10]], (480, 640))
+        check_boxes([[0, 0, np.inf, 10]], (480, 640))
     for junk in ({"x0": 1}, [[0, 0, 10, "a"]], [[0, 0, 10, [1]]], object()):
         with pytest.raises(ValueError, match="boxes"):  # never a TypeError for the caller
-            T.check_boxes(junk, (480, 640))
+            check_boxes(junk, (480, 640))
 
 
 def test_boxes_from_similarity_components():

@@ -211,7 +211,7 @@ def test_sigint_stops_the_node_cleanly(ros):
 
 
 def test_rejection_logs_are_throttled_per_kind_of_reason():
-    from talk2sam_ros.node import Throttle, reason_kind
+    from talk2sam_ros.ros.node import Throttle, reason_kind
 
     assert reason_kind("image encoding '🙂' is not supported") == \
         reason_kind("image encoding 'yuv422' is not supported")
@@ -226,12 +226,17 @@ def test_rejection_logs_are_throttled_per_kind_of_reason():
 
 def test_weights_are_resolved_from_parameters_and_the_registry(tmp_path):
     from talk2sam_ros import weights
-    from talk2sam_ros.node import ConfigurationError, resolve_checkpoints
-    from talk2sam_ros.node_config import node_config_from_params
+    from talk2sam_ros.ros.params import node_config_from_params
+
+    def resolve_checkpoints(cfg):
+        spec = cfg.inference_spec
+        return weights.resolve_checkpoints(spec.preset, spec.checkpoints,
+                                           weights_dir=spec.weights_dir,
+                                           allow_random_weights=spec.allow_random_weights)
 
     assert resolve_checkpoints(node_config_from_params({"preset": "tiny"})) == {}
     cfg = node_config_from_params({"preset": "b", "weights_dir": str(tmp_path)})
-    with pytest.raises(ConfigurationError, match="talk2sam-weights download --preset b"):
+    with pytest.raises(weights.MissingWeightsError, match="talk2sam-weights download --preset b"):
         resolve_checkpoints(cfg)
     registry = weights.load_registry()
     names = registry.presets["b"]
@@ -243,7 +248,7 @@ def test_weights_are_resolved_from_parameters_and_the_registry(tmp_path):
         {"preset": "b", "weights_dir": str(tmp_path), "checkpoint_clip": str(own)}))
     assert found["clip"] == own and set(found) == set(names)
     assert found["sam_hq"] == tmp_path / registry.files[names["sam_hq"]].filename
-    with pytest.raises(ConfigurationError, match="checkpoint_dinov2='nope'"):
+    with pytest.raises(weights.MissingWeightsError, match="checkpoint_dinov2='nope'"):
         resolve_checkpoints(node_config_from_params({"preset": "tiny",
                                                      "checkpoint_dinov2": "nope"}))
     partial = resolve_checkpoints(node_config_from_params(

@@ -87,7 +87,7 @@ def test_pip_wheel_ships_config_found_outside_a_checkout(tmp_path):
     run(sys.executable, "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q",
         "--prefix", str(env),
         str(wheel))
-    probe = ("import talk2sam_ros.resources as r, sys;"
+    probe = ("import talk2sam_ros.common.resources as r, sys;"
              "from talk2sam_ros.training.config import resolve_config_path;"
              "from talk2sam_ros.speech.grammar import default_vocabulary_path;"
              "print(r.__file__); print(resolve_config_path('paper_vit_h'));"
@@ -98,3 +98,17 @@ def test_pip_wheel_ships_config_found_outside_a_checkout(tmp_path):
     share = env / "share" / "talk2sam_ros" / "config"
     assert out[1:] == [str(share / "train" / "paper_vit_h.yaml"),
                        str(share / "speech_vocabulary.yaml")]
+
+
+@pytest.mark.slow
+def test_ci_fails_when_no_test_is_collected():
+    """.ci/run on this checkout (set-up is idempotent: current stamps, cached colcon build)
+    with a selection that matches no test must exit non-zero, not report success."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "T2S_SKIP_APT": "1"}
+    proc = subprocess.run(["bash", str(REPO / ".ci" / "run"), "-k", "no_test_is_called_this"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "collected no tests" in proc.stderr, proc.stderr[-2000:]

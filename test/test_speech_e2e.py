@@ -13,8 +13,8 @@ import rclpy
 from rosutil import REPO, stop
 
 pytest.importorskip("pocketsphinx", reason="pocketsphinx (the `speech` extra) not installed")
-if not (REPO / "talk2sam_ros" / "node.py").is_file():
-    pytest.skip("talk2sam_ros/node.py (the segmentation node) does not exist yet",
+if not (REPO / "talk2sam_ros" / "ros" / "node.py").is_file():
+    pytest.skip("talk2sam_ros/ros/node.py (the segmentation node) does not exist yet",
                 allow_module_level=True)
 
 from node_harness import (Client, module_domain, ros_environment, sample_picture,  # noqa: E402

@@ -100,7 +100,7 @@ def test_training_and_eval_never_import_rclpy() -> None:
     code = ("import sys\n"
             "import talk2sam_ros.training.train as t, talk2sam_ros.training.evaluate as e\n"
             "import talk2sam_ros.training.synthetic, talk2sam_ros.training.feature_cache\n"
-            "import talk2sam_ros.metrics\n"
+            "import talk2sam_ros.common.metrics\n"
             "assert t.main(['--help']) == 0\n"
             "t.load_config('tiny_synthetic')  # looks in the ament index too\n"
             "ros = ('rclpy', 'rosidl_runtime_py', 'rcl_interfaces')\n"
@@ -126,7 +126,7 @@ def test_cli_errors_after_parsing_are_one_line(tmp_path: Path,
     assert not torch.are_deterministic_algorithms_enabled()
     not_weights = tmp_path / "w.pt"
     torch.save({"hello": 1}, not_weights)
-    rc = evaluate.main(["--weights", str(not_weights), "--sets", f"folder:{missing}:val",
+    rc = evaluate.main(["--checkpoint_talk2sam", str(not_weights), "--sets", f"folder:{missing}:val",
                         "--out_dir", str(tmp_path / "eval"), "--no_progress"])
     assert rc == 2
     assert "is not a Talk2SAM trained-weights file" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from talk2sam_ros.visualize import (PALETTE, blend_similarity, colormap, draw_overlay,
+from talk2sam_ros.common.visualize import (PALETTE, blend_similarity, colormap, draw_overlay,
                                     label_image)
 
 RGB = np.random.default_rng(3).integers(0, 256, (60, 80, 3), dtype=np.uint8)

@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 import pytest
 
 from talk2sam_ros import weights as W
+from talk2sam_ros.tools import weights as cli
+from talk2sam_ros.weights import fetch
 
 SIZE = 300_000  # > 1 pooch/requests chunk so truncation lands mid-transfer
 
@@ -134,14 +136,14 @@ def _cache() -> Path:
 def test_good_file_downloads_and_verifies(server, tmp_path):
     data = _blob(1)
     reg = W.load_registry(_registry(tmp_path, {"good": _entry(server, "/good.pth", data)}))
-    path = W.download_one(reg.get("good"), progress=False)
+    path = fetch.download_one(reg.get("good"), progress=False)
     assert path == _cache() / "good.pth" and path.read_bytes() == data
     assert not list(_cache().glob("*.part"))
-    assert [r.status for r in W.verify(None, registry=reg)] == ["ok"]
+    assert [r.status for r in fetch.verify(None, registry=reg)] == ["ok"]
     assert W.resolve("good", registry=reg) == path
     # A second call finds the valid file and sends nothing.
     hits = len(server.log)
-    W.download_one(reg.get("good"), progress=False)
+    fetch.download_one(reg.get("good"), progress=False)
     assert len(server.log) == hits
 
 
@@ -149,7 +151,7 @@ def test_truncated_transfer_is_retried_and_resumed(server, tmp_path):
     data = _blob(2)
     reg = W.load_registry(_registry(tmp_path, {
         "t": _entry(server, "/t.pth", data, mode="truncate_once")}))
-    path = W.download_one(reg.get("t"), retries=2, backoff=0.01, progress=False)
+    path = fetch.download_one(reg.get("t"), retries=2, backoff=0.01, progress=False)
     assert path.read_bytes() == data
     ranges = [r for p, r in server.log if p == "/t.pth"]
     assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith("bytes=")
@@ -161,7 +163,7 @@ def test_always_truncating_server_gives_clear_error(server, tmp_path):
     reg = W.load_registry(_registry(tmp_path, {
         "t": _entry(server, "/t.pth", data, mode="truncate_always")}))
     with pytest.raises(W.WeightsError, match="download failed after 3 attempts"):
-        W.download_one(reg.get("t"), retries=2, backoff=0.01, progress=False)
+        fetch.download_one(reg.get("t"), retries=2, backoff=0.01, progress=False)
     assert not (_cache() / "t.pth").exists()
     assert (_cache() / "t.pth.part").is_file()  # kept for the next run
 
@@ -171,7 +173,7 @@ def test_truncation_without_known_size_or_length(server, tmp_path):
     data = _blob(4)
     reg = W.load_registry(_registry(tmp_path, {
         "t": _entry(server, "/t.pth", data, mode="truncate_once", size=False)}))
-    assert W.download_one(reg.get("t"), retries=1, backoff=0.01,
+    assert fetch.download_one(reg.get("t"), retries=1, backoff=0.01,
                           progress=False).read_bytes() == data
 
 
@@ -182,7 +184,7 @@ def test_wrong_hash_deletes_and_fails_once(server, tmp_path):
     reg = W.load_registry(_registry(tmp_path, {
         "w": _entry(server, "/w.pth", data, serve=bytes(bad))}))
     with pytest.raises(W.WeightsError, match="hash check") as err:
-        W.download_one(reg.get("w"), retries=3, backoff=0.01, progress=False)
+        fetch.download_one(reg.get("w"), retries=3, backoff=0.01, progress=False)
     assert "\n" not in str(err.value)
     assert sorted(p.name for p in _cache().iterdir()) == []  # nothing bad left behind
     assert len(server.log) == 1  # a fresh (not resumed) bad download is not retried
@@ -193,13 +195,13 @@ def test_interrupted_then_resumed_in_a_later_run(server, tmp_path):
     reg_path = _registry(tmp_path, {"r": _entry(server, "/r.pth", data, mode="truncate_once")})
     reg = W.load_registry(reg_path)
     with pytest.raises(W.WeightsError, match="partial data kept"):
-        W.download_one(reg.get("r"), retries=0, progress=False)
+        fetch.download_one(reg.get("r"), retries=0, progress=False)
     part = _cache() / "r.pth.part"
     have = part.stat().st_size
     assert 0 < have < len(data)
     assert part.read_bytes() == data[:have]
     # Second run (through the CLI, as a user would): resumes with a Range request.
-    rc = W.main(["--registry", str(reg_path), "download", "r", "-q", "--backoff", "0"])
+    rc = cli.main(["--registry", str(reg_path), "download", "r", "-q", "--backoff", "0"])
     assert rc == 0
     assert server.log[-1] == ("/r.pth", f"bytes={have}-")
     assert (_cache() / "r.pth").read_bytes() == data and not part.exists()
@@ -212,7 +214,7 @@ def test_stale_part_with_a_bad_hash_is_fetched_again_from_zero(server, tmp_path)
     reg = W.load_registry(_registry(tmp_path, {"s": _entry(server, "/s.pth", data)}))
     _cache().mkdir(parents=True)
     (_cache() / "s.pth.part").write_bytes(b"\x07" * 1000)  # not a prefix of `data`
-    path = W.download_one(reg.get("s"), retries=0, progress=False)
+    path = fetch.download_one(reg.get("s"), retries=0, progress=False)
     assert path.read_bytes() == data and not (_cache() / "s.pth.part").exists()
     assert server.log == [("/s.pth", "bytes=1000-"), ("/s.pth", None)]
 
@@ -221,7 +223,7 @@ def test_malformed_url_is_not_retried(tmp_path):
     reg = W.load_registry(_registry(tmp_path, {"u": {
         "filename": "u.pth", "part": "clip", "url": "ftp://127.0.0.1/u.pth"}}))
     with pytest.raises(W.WeightsError, match="cannot fetch 'ftp://127.0.0.1/u.pth'"):
-        W.download_one(reg.get("u"), retries=3, backoff=30.0, progress=False)
+        fetch.download_one(reg.get("u"), retries=3, backoff=30.0, progress=False)
 
 
 def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
@@ -230,7 +232,7 @@ def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
         "n": _entry(server, "/n.pth", data, mode="norange")}))
     _cache().mkdir(parents=True)
     (_cache() / "n.pth.part").write_bytes(b"\0" * 1000)  # a stale prefix that must not stay
-    path = W.download_one(reg.get("n"), retries=0, progress=False)
+    path = fetch.download_one(reg.get("n"), retries=0, progress=False)
     assert path.read_bytes() == data
     assert server.log == [("/n.pth", "bytes=1000-")]
 
@@ -240,7 +242,7 @@ def test_complete_part_file_is_finished_with_one_byte(server, tmp_path):
     reg = W.load_registry(_registry(tmp_path, {"c": _entry(server, "/c.pth", data)}))
     _cache().mkdir(parents=True)
     (_cache() / "c.pth.part").write_bytes(data)
-    assert W.download_one(reg.get("c"), progress=False).read_bytes() == data
+    assert fetch.download_one(reg.get("c"), progress=False).read_bytes() == data
     assert server.log == [("/c.pth", f"bytes={len(data) - 1}-")]
 
 
@@ -250,7 +252,7 @@ def test_server_down_is_a_one_line_error(tmp_path, capsys):
         port = s.getsockname()[1]
     reg_path = _registry(tmp_path, {"d": {"filename": "d.pth", "part": "clip",
                                           "url": f"http://127.0.0.1:{port}/d.pth"}})
-    rc = W.main(["--registry", str(reg_path), "download", "d", "--retries", "1",
+    rc = cli.main(["--registry", str(reg_path), "download", "d", "--retries", "1",
                  "--backoff", "0.01", "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
@@ -263,7 +265,7 @@ def test_http_404_is_not_retried(server, tmp_path):
     reg = W.load_registry(_registry(tmp_path, {"m": {
         "filename": "m.pth", "part": "clip", "url": server.url("/missing.pth")}}))
     with pytest.raises(W.WeightsError, match="HTTP 404"):
-        W.download_one(reg.get("m"), retries=3, backoff=0.01, progress=False)
+        fetch.download_one(reg.get("m"), retries=3, backoff=0.01, progress=False)
     assert len(server.log) == 1
 
 
@@ -275,7 +277,7 @@ def test_disk_full_while_writing(server, tmp_path):
     _cache().mkdir(parents=True)
     (_cache() / "f.pth.part").symlink_to("/dev/full")  # every write raises ENOSPC
     with pytest.raises(W.WeightsError, match="disk full"):
-        W.download_one(reg.get("f"), retries=2, backoff=0.01, progress=False)
+        fetch.download_one(reg.get("f"), retries=2, backoff=0.01, progress=False)
     assert not (_cache() / "f.pth").exists()
 
 
@@ -284,7 +286,7 @@ def test_not_enough_space_is_caught_before_downloading(server, tmp_path):
     entry["size"] = 1 << 60  # an exabyte
     reg = W.load_registry(_registry(tmp_path, {"big": entry}))
     with pytest.raises(W.WeightsError, match="not enough disk space"):
-        W.download_one(reg.get("big"), progress=False)
+        fetch.download_one(reg.get("big"), progress=False)
     assert server.log == []
 
 
@@ -292,13 +294,13 @@ def test_unknown_hash_is_recorded_then_enforced(server, tmp_path, capsys):
     data = _blob(10)
     reg_path = _registry(tmp_path, {"u": _entry(server, "/u.pth", data, sha=False)})
     reg = W.load_registry(reg_path)
-    path = W.download_one(reg.get("u"), progress=False)
-    record = json.loads((_cache() / W.HASHES_FILE).read_text())["u.pth"]
+    path = fetch.download_one(reg.get("u"), progress=False)
+    record = json.loads((_cache() / fetch.HASHES_FILE).read_text())["u.pth"]
     assert record["sha256"] == hashlib.sha256(data).hexdigest() and record["size"] == len(data)
-    assert W.verify(["u"], registry=reg)[0].status == "ok"
+    assert fetch.verify(["u"], registry=reg)[0].status == "ok"
     path.write_bytes(data[:-1] + b"?")  # same size, different content
-    assert W.verify(["u"], registry=reg)[0].status == "mismatch"
-    assert W.main(["--registry", str(reg_path), "verify", "u"]) == 1
+    assert fetch.verify(["u"], registry=reg)[0].status == "mismatch"
+    assert cli.main(["--registry", str(reg_path), "verify", "u"]) == 1
     assert "mismatch" in capsys.readouterr().out
 
 
@@ -308,10 +310,10 @@ def test_git_blob_id_is_checked(server, tmp_path):
     reg = W.load_registry(_registry(tmp_path, {
         "g": _entry(server, "/g.pth", data, sha=False, git_blob_sha1=blob_id),
         "h": _entry(server, "/h.pth", data, sha=False, git_blob_sha1="0" * 40)}))
-    assert W.download_one(reg.get("g"), progress=False).read_bytes() == data
-    assert W.verify(["g"], registry=reg)[0].status == "ok"
+    assert fetch.download_one(reg.get("g"), progress=False).read_bytes() == data
+    assert fetch.verify(["g"], registry=reg)[0].status == "ok"
     with pytest.raises(W.WeightsError, match="git blob id mismatch"):
-        W.download_one(reg.get("h"), progress=False)
+        fetch.download_one(reg.get("h"), progress=False)
     assert not (_cache() / "h.pth").exists() and not (_cache() / "h.pth.part").exists()
 
 
@@ -324,13 +326,13 @@ def test_preset_download_and_lookup(server, tmp_path, capsys, monkeypatch):
     reg_path = _registry(tmp_path, files, {"p": preset, "none": {}})
     monkeypatch.setenv(W.ENV_REGISTRY, str(reg_path))
     with pytest.raises(W.MissingWeightsError, match="download --preset p"):
-        W.checkpoints_for_preset("p")
-    assert W.main(["download", "--preset", "p", "-q"]) == 0
-    found = W.checkpoints_for_preset("p")
+        W.resolve_checkpoints("p")
+    assert cli.main(["download", "--preset", "p", "-q"]) == 0
+    found = W.resolve_checkpoints("p")
     assert set(found) == set(W.PARTS)
     assert all(found[part] == _cache() / files[preset[part]]["filename"] for part in W.PARTS)
-    assert W.checkpoints_for_preset("none") == {}
-    assert W.main(["list"]) == 0
+    assert W.resolve_checkpoints("none") == {}
+    assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
     assert "sam_file" in out and "present" in out
     assert all(urlparse(u).hostname == "127.0.0.1" for u in (f["url"] for f in files.values()))
@@ -346,7 +348,7 @@ def test_resolve_paths_and_errors(tmp_path):
     with pytest.raises(W.MissingWeightsError, match="neither a file nor a registry name"):
         W.resolve(tmp_path / "absent.pth")
     with pytest.raises(W.WeightsError, match="unknown preset"):
-        W.checkpoints_for_preset("xl")
+        W.resolve_checkpoints("xl")
 
 
 def test_builtin_registry_is_consistent():

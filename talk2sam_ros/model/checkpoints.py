@@ -21,18 +21,11 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from .config import CHECKPOINT_PARTS  # noqa: F401  (re-exported)
+from .errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
-CHECKPOINT_PARTS = ("sam_hq", "dinov2", "clip", "projection", "talk2sam")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable, refused or does not match the expected model.
-
-    The message is always one line (libraries' multi-line errors are folded into it)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
 
 
 # Largest tensor data a checkpoint may declare beyond its own size: a zip whose entries

@@ -187,6 +187,26 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
+# Files a model is built from (build_talk2sam's `checkpoints` keys; node parameters
+# checkpoint_<part>, training/evaluation options of the same names).
+CHECKPOINT_PARTS = ("sam_hq", "dinov2", "clip", "projection", "talk2sam")
+# Inference dtypes of the frozen encoders; the short spellings are accepted everywhere.
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
+
+
+def dtype_name(name: str) -> str:
+    """The canonical dtype name (float32/float16/bfloat16) of a name or its short spelling."""
+    canonical = DTYPE_ALIASES.get(name, name)
+    if canonical not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of "
+                         f"{', '.join((*DTYPE_NAMES, *DTYPE_ALIASES))}")
+    return canonical
+
+
 def get_preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]

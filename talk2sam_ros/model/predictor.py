@@ -16,6 +16,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from talk2sam_ros.common.boxes import check_boxes
+
 from . import transforms as T
 from .similarity import boxes_from_similarity, cosine_to_unit, head_embeddings, l2_normalize
 from .talk2sam import Talk2SAM
@@ -177,7 +179,7 @@ class Talk2SAMPredictor:
             raise RuntimeError(f"the model moved to {dev} after set_image (frame cached on "
                                f"{frame.embedding.device}): call set_image again")
         timings: dict[str, float] = {}
-        boxes_np = None if boxes is None else T.check_boxes(boxes, frame.original_size)
+        boxes_np = None if boxes is None else check_boxes(boxes, frame.original_size)
         frame = self._refresh_hq_features(frame, timings)
 
         similarity = None

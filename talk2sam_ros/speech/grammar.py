@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from talk2sam_ros.resources import find_config
+from talk2sam_ros.common.resources import find_config
 
 log = logging.getLogger(__name__)
 

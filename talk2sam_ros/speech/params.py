@@ -1,7 +1,8 @@
 """Parameters of ``talk2sam_speech`` (one table) and their conversion into a SpeechConfig.
 
-ROS-free, like ``talk2sam_ros.node_config`` whose ParamSpec/values_from_params it reuses. Defaults
-come from the core's frozen dataclasses, so node, CLI and tests cannot disagree.
+ROS-free, on the same ParamSpec/values_from_params as the segmentation node
+(talk2sam_ros.common.params). Defaults come from the core's frozen dataclasses, so node, CLI
+and tests cannot disagree.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from talk2sam_ros.node_config import ParamSpec, values_from_params
+from talk2sam_ros.common.params import ParamSpec, values_from_params
 from talk2sam_ros.speech.recognizer import (MODES, RecognizerConfig, SegmenterConfig)
 
 NODE_NAME = "talk2sam_speech"

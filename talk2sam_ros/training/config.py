@@ -16,13 +16,19 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from talk2sam_ros.resources import config_dirs
+from talk2sam_ros.common.resources import config_dirs
+from talk2sam_ros.model.config import DTYPE_ALIASES, DTYPE_NAMES, PRESET_NAMES
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("constant", "step", "cosine")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# mixed-precision dtype: the model core's dtype vocabulary (either spelling) or auto
+PRECISIONS = ("auto", *DTYPE_NAMES, *DTYPE_ALIASES)
 LOSSES = ("points", "dense")
-PRESET_NAMES = ("tiny", "t", "b", "l", "h")
+# Keys of earlier versions: a config that still uses one gets an error saying what to write.
+RENAMED = {f"{part}_checkpoint": f"checkpoint_{part}"
+           for part in ("sam_hq", "dinov2", "clip", "projection")}
+REMOVED = {"official_weights": "the preset's official files are now used by default; set "
+                               "allow_random_weights: true to train on random encoders"}
 
 
 @dataclass(frozen=True)
@@ -41,14 +47,15 @@ class TrainConfig:
     synthetic_distractors: float = 0.5  # probability of distractor objects per image
     # ---- model
     preset: str = "h"
-    # checkpoints: a file path or a talk2sam-weights registry name (e.g. sam_hq_vit_h);
-    # official_weights fills the empty ones from the talk2sam-weights cache for the preset
-    official_weights: bool = False
+    # checkpoints (as the node's checkpoint_* parameters): a file path or a talk2sam-weights
+    # registry name (e.g. sam_hq_vit_h); empty ones take the preset's official files from the
+    # weights cache, which must be there unless allow_random_weights
     weights_dir: str = ""  # talk2sam-weights cache (default $TALK2SAM_WEIGHTS_DIR or ~/.cache)
-    sam_hq_checkpoint: str = ""
-    dinov2_checkpoint: str = ""
-    clip_checkpoint: str = ""
-    projection_checkpoint: str = ""  # official Talk2DINO projection as the starting point
+    checkpoint_sam_hq: str = ""
+    checkpoint_dinov2: str = ""
+    checkpoint_clip: str = ""
+    checkpoint_projection: str = ""  # official Talk2DINO projection as the starting point
+    allow_random_weights: bool = False  # random frozen encoders for missing files (tests only)
     init_weights: str = ""  # start from one of our trained-weights files
     similarity_mode: str = ""  # "" keeps the preset's ("patch" | "attention_max")
     tune_clip_projection: bool = False  # paper's "CLIP partial": CLIP's text_projection learns
@@ -131,8 +138,8 @@ class TrainConfig:
             raise ValueError(f"betas needs two values, got {self.betas}")
         if self.lr_step_epochs < 1:
             raise ValueError("lr_step_epochs must be >= 1")
-        if self.cache_dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"cache_dtype={self.cache_dtype!r}: float32, float16 or bfloat16")
+        if self.cache_dtype not in DTYPE_NAMES:
+            raise ValueError(f"cache_dtype={self.cache_dtype!r}: one of {DTYPE_NAMES}")
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -149,6 +156,10 @@ def _field_types() -> dict[str, Any]:
 def coerce(key: str, value: Any) -> Any:
     """Check/convert ``value`` for field ``key``; ValueError naming the key otherwise."""
     types = _field_types()
+    if key in RENAMED:
+        raise ValueError(f"config key {key!r} is now called {RENAMED[key]!r}")
+    if key in REMOVED:
+        raise ValueError(f"config key {key!r} was removed: {REMOVED[key]}")
     if key not in types:
         close = difflib.get_close_matches(key, list(types), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""

@@ -1,8 +1,9 @@
 """talk2sam-eval: mIoU / mBIoU of Talk2SAM vs SAM-HQ (box only) vs Talk2SAM with the
 similarity prompt zeroed, per dataset and per category, in one run over the same encodings.
 
-    talk2sam-eval --weights runs/tiny/talk2sam_weights.pt --sets folder:runs/tiny/synthetic:val
-    talk2sam-eval --weights w.pt --official_weights --sets thinobject5k:data/ThinObject5K:test \\
+    talk2sam-eval --checkpoint_talk2sam runs/tiny/talk2sam_weights.pt \\
+        --sets folder:runs/tiny/synthetic:val
+    talk2sam-eval --checkpoint_talk2sam w.pt --sets thinobject5k:data/ThinObject5K:test \\
         --sets dis5k:data/DIS5K:test?exclude=config/train/dis5k_non_thin.txt \\
         --sets big:data/BIG:test
 
@@ -40,16 +41,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from talk2sam_ros.metrics import binarize_gt, boundary_iou, mask_iou
+from talk2sam_ros.common.metrics import binarize_gt, boundary_iou, mask_iou
 from talk2sam_ros.model import transforms as T
-from talk2sam_ros.model.build import (build_talk2sam, load_trained_weights,
-                                      trained_weights_config)
-from talk2sam_ros.model.checkpoints import CheckpointError
-from talk2sam_ros.model.config import get_preset
+from talk2sam_ros.model.build import load_trained_weights
+from talk2sam_ros.model.errors import CheckpointError
 from talk2sam_ros.model.talk2sam import ImageFeatures, Talk2SAM
 from talk2sam_ros.training.data import (Sample, box_from_mask, list_samples, part_boxes,
                                         read_gt, read_image)
-from talk2sam_ros.weights import WeightsError
+from talk2sam_ros.weights import InferenceSpec, WeightsError
+from talk2sam_ros.weights.inference import load_for_inference
 
 LOG = logging.getLogger(__name__)
 
@@ -63,14 +63,16 @@ class EvalConfig:
     """What to evaluate and how (see the module docstring for the protocol)."""
 
     sets: tuple[str, ...] = ()
-    weights: str = ""  # our trained-weights file ("" = untrained head of `preset`)
-    preset: str = ""  # "" = the preset stored in the weights file
-    official_weights: bool = False
+    checkpoint_talk2sam: str = ""  # our trained head ("" = untrained head of `preset`)
+    preset: str = ""  # "" = the preset stored in the trained head
+    # the other parts as the node's checkpoint_* parameters: path or registry name; empty
+    # ones take the preset's official files from weights_dir (random: allow_random_weights)
     weights_dir: str = ""
-    sam_hq_checkpoint: str = ""
-    dinov2_checkpoint: str = ""
-    clip_checkpoint: str = ""
-    projection_checkpoint: str = ""
+    checkpoint_sam_hq: str = ""
+    checkpoint_dinov2: str = ""
+    checkpoint_clip: str = ""
+    checkpoint_projection: str = ""
+    allow_random_weights: bool = False
     out_dir: str = "eval_out"
     methods: tuple[str, ...] = METHODS
     limit: int = 0  # images per dataset (0: all)
@@ -190,24 +192,15 @@ class Heads:
         return self.model
 
 
-def build_eval_model(cfg: EvalConfig, device: torch.device) -> Heads:
-    """The model for ``cfg`` with its baseline and trained heads."""
-    from talk2sam_ros.training.train import resolve_checkpoints
-
-    if cfg.weights:
-        model_cfg = trained_weights_config(cfg.weights)
-        if cfg.preset and cfg.preset != model_cfg.preset:
-            raise ValueError(f"--preset {cfg.preset} but {cfg.weights} was trained for "
-                             f"preset {model_cfg.preset}")
-    elif cfg.preset:
-        model_cfg = get_preset(cfg.preset)
-    else:
-        raise ValueError("give --weights (our trained file) or --preset")
-    parts = {"sam_hq": cfg.sam_hq_checkpoint, "dinov2": cfg.dinov2_checkpoint,
-             "clip": cfg.clip_checkpoint, "projection": cfg.projection_checkpoint}
-    ckpts = resolve_checkpoints(model_cfg.preset, parts, cfg.official_weights, cfg.weights_dir)
-    model = build_talk2sam(model_cfg, checkpoints=ckpts, device=device).eval()
-    return Heads(model, cfg.weights)
+def build_eval_model(cfg: EvalConfig) -> Heads:
+    """The model for ``cfg`` (load_for_inference) with its baseline and trained heads."""
+    spec = InferenceSpec(preset=cfg.preset, checkpoints={
+        "sam_hq": cfg.checkpoint_sam_hq, "dinov2": cfg.checkpoint_dinov2,
+        "clip": cfg.checkpoint_clip, "projection": cfg.checkpoint_projection,
+        "talk2sam": cfg.checkpoint_talk2sam}, weights_dir=cfg.weights_dir,
+        allow_random_weights=cfg.allow_random_weights, device=cfg.device, dtype="float32")
+    loaded = load_for_inference(spec, load_head=False)
+    return Heads(loaded.model, str(loaded.checkpoints.get("talk2sam", "")))
 
 
 def _summaries(records: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
@@ -259,7 +252,7 @@ def save_grid(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from talk2sam_ros.visualize import blend_similarity, draw_overlay
+    from talk2sam_ros.common.visualize import blend_similarity, draw_overlay
 
     cols = ("image", "GT", "SAM-HQ", "Talk2SAM", "similarity")
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.6 * len(cols), 2.4 * len(rows)),
@@ -294,10 +287,9 @@ def save_grid(rows: list[dict[str, Any]], path: Path) -> None:
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the comparison; writes report.json, report.md and grid.png; returns the report."""
-    device = torch.device(cfg.device if cfg.device != "auto" else
-                          ("cuda" if torch.cuda.is_available() else "cpu"))
-    heads = build_eval_model(cfg, device)
+    heads = build_eval_model(cfg)
     model = heads.model
+    device = model.device
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples: list[Sample] = []
@@ -354,7 +346,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     report = {"config": {k: list(v) if isinstance(v, tuple) else v
                          for k, v in asdict(cfg).items()},
               "model": model.describe(), "encoder_fingerprint": model.encoder_fingerprint,
-              "weights": cfg.weights or None,
+              "weights": cfg.checkpoint_talk2sam or None,
               "protocol": {"box": "tight GT box (GT > 128)" + (", one per part" if cfg.multi_box
                                                                else ""),
                            "prediction": "logits > 0 at GT resolution",
@@ -377,13 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sets", action="append", required=True, metavar="SPEC",
                    help="dataset spec kind:root[:split][?categories=&exclude=&limit=] "
                         "(repeatable)")
-    p.add_argument("--weights", default="", help="trained Talk2SAM weights file")
-    p.add_argument("--preset", default="", help="model preset (default: the weights file's)")
-    p.add_argument("--official_weights", action="store_true",
-                   help="official SAM-HQ/DINOv2/CLIP/Talk2DINO files from the weights cache")
-    p.add_argument("--weights_dir", default="")
+    p.add_argument("--checkpoint_talk2sam", default="",
+                   help="our trained Talk2SAM head (talk2sam-train output); path or name")
+    p.add_argument("--preset", default="", help="model preset (default: the trained head's)")
+    p.add_argument("--weights_dir", default="", help="talk2sam-weights cache")
     for part in ("sam_hq", "dinov2", "clip", "projection"):
-        p.add_argument(f"--{part}_checkpoint", default="", help="path or registry name")
+        p.add_argument(f"--checkpoint_{part}", default="",
+                       help="path or registry name (default: the preset's file in the cache)")
+    p.add_argument("--allow_random_weights", action="store_true",
+                   help="random weights for preset files missing from the cache (tests only)")
     p.add_argument("--out_dir", default="eval_out")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated subset of {','.join(METHODS)}")
@@ -404,12 +398,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = EvalConfig(sets=tuple(args.sets), weights=args.weights, preset=args.preset,
-                         official_weights=args.official_weights, weights_dir=args.weights_dir,
-                         sam_hq_checkpoint=args.sam_hq_checkpoint,
-                         dinov2_checkpoint=args.dinov2_checkpoint,
-                         clip_checkpoint=args.clip_checkpoint,
-                         projection_checkpoint=args.projection_checkpoint,
+        cfg = EvalConfig(sets=tuple(args.sets), checkpoint_talk2sam=args.checkpoint_talk2sam,
+                         preset=args.preset, weights_dir=args.weights_dir,
+                         checkpoint_sam_hq=args.checkpoint_sam_hq,
+                         checkpoint_dinov2=args.checkpoint_dinov2,
+                         checkpoint_clip=args.checkpoint_clip,
+                         checkpoint_projection=args.checkpoint_projection,
+                         allow_random_weights=args.allow_random_weights,
                          out_dir=args.out_dir,
                          methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                          limit=args.limit, multi_box=args.multi_box,

@@ -2,7 +2,7 @@
 SAM-HQ HQ decoder parts) with frozen CLIP / DINOv2 / SAM-HQ encoders.
 
     talk2sam-train --config tiny_synthetic --out_dir=runs/tiny
-    talk2sam-train --config config/train/paper_thinobject5k_vit_h.yaml --sam_hq_checkpoint=...
+    talk2sam-train --config paper_vit_h --train_sets=thinobject5k:data/ThinObject5K:train
     talk2sam-train --config ... --resume                    # continue exactly where it stopped
     torchrun --nproc_per_node=4 -m talk2sam_ros.training.train --config ...   # DDP
 
@@ -44,11 +44,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
-from talk2sam_ros.metrics import boundary_iou, mask_iou
+from talk2sam_ros.common.metrics import boundary_iou, mask_iou
 from talk2sam_ros.model.build import build_talk2sam, save_trained_weights
 from talk2sam_ros.model.checkpoints import (CheckpointError, atomic_torch_save,
                                             safe_torch_load)
-from talk2sam_ros.model.config import get_preset
+from talk2sam_ros.model.config import dtype_name, get_preset
 from talk2sam_ros.model.talk2sam import ForwardOutput, ImageFeatures, Talk2SAM
 from talk2sam_ros.model.transforms import SAM_IMAGE_SIZE
 from talk2sam_ros.training.config import (TrainConfig, help_text, load_config, parse_cli)
@@ -57,7 +57,7 @@ from talk2sam_ros.training.data import (AugmentConfig, Sample, SegmentationDatas
 from talk2sam_ros.training.feature_cache import FeatureCache, stack_features
 from talk2sam_ros.training.losses import (bce_dice_loss, point_sampled_bce_dice,
                                           similarity_loss)
-from talk2sam_ros.weights import WeightsError
+from talk2sam_ros.weights import WeightsError, resolve_checkpoints
 
 LOG = logging.getLogger(__name__)
 
@@ -151,11 +151,12 @@ def pick_device(name: str, info: DistInfo) -> torch.device:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for the trainable forward (None: plain fp32)."""
-    if device.type != "cuda" or precision == "fp32":
+    if device.type != "cuda":
         return None
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if precision == "bf16" else torch.float16
+    name = dtype_name(precision)
+    return None if name == "float32" else getattr(torch, name)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -168,25 +169,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def resolve_checkpoints(preset: str, parts: dict[str, str], official_weights: bool = False,
-                        weights_dir: str = "") -> dict[str, Path]:
-    """part -> local file: ``parts`` values are paths or talk2sam-weights registry names
-    (e.g. ``sam_hq_vit_h``); ``official_weights`` adds the preset's official files from the
-    talk2sam-weights cache for the parts not given."""
-    from talk2sam_ros import weights
-
-    cache = weights_dir or None
-    ckpts = dict(weights.checkpoints_for_preset(preset, cache)) if official_weights else {}
-    ckpts.update({part: weights.resolve(value, cache) for part, value in parts.items() if value})
-    return ckpts
-
-
 def checkpoint_paths(cfg: TrainConfig) -> dict[str, Path]:
-    """The checkpoint files a TrainConfig names (see resolve_checkpoints)."""
+    """The checkpoint files a TrainConfig names (talk2sam_ros.weights.resolve_checkpoints)."""
     return resolve_checkpoints(cfg.preset, {
-        "sam_hq": cfg.sam_hq_checkpoint, "dinov2": cfg.dinov2_checkpoint,
-        "clip": cfg.clip_checkpoint, "projection": cfg.projection_checkpoint,
-        "talk2sam": cfg.init_weights}, cfg.official_weights, cfg.weights_dir)
+        "sam_hq": cfg.checkpoint_sam_hq, "dinov2": cfg.checkpoint_dinov2,
+        "clip": cfg.checkpoint_clip, "projection": cfg.checkpoint_projection,
+        "talk2sam": cfg.init_weights}, weights_dir=cfg.weights_dir or None,
+        allow_random_weights=cfg.allow_random_weights)
 
 
 def build_model_for(cfg: TrainConfig, device: torch.device | str = "cpu",

@@ -4,7 +4,7 @@ Incoming images are checked cheaply (:func:`check_image`, O(1): encoding, sizes,
 length) in the subscription callback, and converted (:func:`image_to_rgb`, a pixel copy) on the
 worker thread, so that dropped frames cost nothing. Pixel data go through cv_bridge's encoding
 table and colour conversions; the row view is ours because the PyPI cv_bridge ignores a padded
-``step`` and byte order (see shared/notes/ros2-from-pypi.md §6).
+``step`` and byte order.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from cv_bridge.boost import cv_bridge_boost
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from talk2sam_ros.model.transforms import check_boxes
+from talk2sam_ros.common.boxes import check_boxes
 
 # Colour encodings the node accepts; 16-bit ones are scaled to 8 bit (value >> 8) first.
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8",
@@ -220,7 +220,7 @@ def boxes_inside(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray
 
     Boxes with no area left inside the image (entirely outside, or zero width/height) are
     dropped; the caller decides what an empty result means. Clipping is the model's own
-    (transforms.check_boxes), applied box by box so one bad box does not sink the others.
+    (common.boxes.check_boxes), applied box by box so one bad box does not sink the others.
     """
     kept, index = [], []
     for i, box in enumerate(boxes):

@@ -1,19 +1,20 @@
-"""The node's parameters (one table) and their conversion into a frozen NodeConfig.
+"""The segmentation node's parameters (one table) and their conversion into a NodeConfig.
 
-ROS-free: the node declares every entry of :data:`PARAMS` with its description and range, and
+Torch-free and rclpy-free: the node declares every entry of :data:`PARAMS` with its description and range, and
 turns the values into a :class:`NodeConfig` with :func:`node_config_from_params` (the one place
 where parameters are interpreted). Tests and the launch-file check import the same table.
 """
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
+from talk2sam_ros.common.params import ParamSpec, values_from_params
 from talk2sam_ros.grasp import GraspConfig
-
-ParamValue = Union[bool, int, float, str]
+from talk2sam_ros.model.config import (CHECKPOINT_PARTS, DEVICE_HELP, DEVICE_PATTERN,
+                                       DTYPE_NAMES, PRESET_NAMES)
+from talk2sam_ros.weights.resolve import InferenceSpec
 
 NODE_NAME = "talk2sam"
 # Relative topic names (all remappable). Compressed input is `<resolved image>/compressed`.
@@ -22,28 +23,9 @@ PUBLICATIONS = ("mask", "mask_labels", "similarity", "similarity_color", "overla
                 "grasp")
 DIAGNOSTICS_TOPIC = "/diagnostics"
 
-PRESET_NAMES = ("tiny", "t", "b", "l", "h")
-CHECKPOINT_PARTS = ("sam_hq", "dinov2", "clip", "projection", "talk2sam")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+DTYPES = ("auto", *DTYPE_NAMES)
 RELIABILITY = ("best_effort", "reliable")
 TRANSPORTS = ("raw", "compressed")
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One ROS parameter: default (its type is the parameter type), description, limits.
-
-    live: a change applies to the next frame; otherwise it applies at the next configure.
-    """
-
-    name: str
-    default: ParamValue
-    description: str
-    choices: tuple[str, ...] = ()
-    low: float | None = None
-    high: float | None = None
-    live: bool = False
 
 
 def _ckpt(part: str, what: str, empty: str) -> ParamSpec:
@@ -75,7 +57,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("allow_random_weights", False, "Build presets t/b/l/h with random weights for "
               "missing files (benchmarking only: the output is meaningless)."),
     ParamSpec("device", "auto", "Torch device: auto (cuda if available, else cpu), cpu, cuda, "
-              "cuda:N or mps."),
+              "cuda:N or mps.", pattern=DEVICE_PATTERN, pattern_help=DEVICE_HELP),
     ParamSpec("dtype", "auto", "Inference dtype: auto (float16 on cuda, float32 otherwise), "
               "float32, float16 or bfloat16.", choices=DTYPES),
     ParamSpec("compile", False, "torch.compile the frozen image encoders (slow first frame)."),
@@ -196,13 +178,17 @@ class NodeConfig:
                 if (value := getattr(self, f"checkpoint_{part}").strip())}
 
     @property
-    def model_overrides(self) -> dict[str, Any]:
-        """ModelConfig fields set from parameters (text-only box derivation)."""
-        return {"text_box_threshold": self.text_box_threshold,
-                "text_box_relative": self.text_box_relative,
-                "max_text_boxes": self.max_text_boxes,
-                "text_box_min_cells": self.text_box_min_cells,
-                "compile": self.compile}
+    def inference_spec(self) -> InferenceSpec:
+        """What configure loads (talk2sam_ros.weights.inference.load_for_inference)."""
+        return InferenceSpec(
+            preset=self.preset, checkpoints=self.checkpoints, weights_dir=self.weights_dir,
+            allow_random_weights=self.allow_random_weights, device=self.device,
+            dtype=self.dtype,
+            overrides={"text_box_threshold": self.text_box_threshold,
+                       "text_box_relative": self.text_box_relative,
+                       "max_text_boxes": self.max_text_boxes,
+                       "text_box_min_cells": self.text_box_min_cells,
+                       "compile": self.compile})
 
     @property
     def grasp(self) -> GraspConfig:
@@ -210,44 +196,6 @@ class NodeConfig:
                            junction_clearance=self.grasp_junction_clearance,
                            min_length_px=self.grasp_min_length_px,
                            max_points=self.grasp_max_points)
-
-
-def check_value(spec: ParamSpec, value: Any) -> str | None:
-    """Why `value` is not allowed for `spec` (None when it is)."""
-    kind = type(spec.default)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if type(value) is not kind:
-        return f"{spec.name} must be {kind.__name__}, got {type(value).__name__} {value!r}"
-    if spec.choices and value not in spec.choices:
-        return f"{spec.name}={value!r} is not one of {', '.join(spec.choices)}"
-    if spec.low is not None and not spec.low <= value <= spec.high:
-        return f"{spec.name}={value!r} is outside [{spec.low}, {spec.high}]"
-    if spec.name == "device" and not _DEVICE.fullmatch(value):
-        return f"device={value!r}: expected auto, cpu, cuda, cuda:N or mps"
-    return None
-
-
-def values_from_params(specs: Sequence[ParamSpec],
-                       values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """(every spec's value, missing ones defaulted and ints widened to float parameters;
-    why each bad value is not allowed) for a node's parameter table.
-
-    Raises ValueError on names that are not in `specs`.
-    """
-    unknown = sorted(set(values) - {spec.name for spec in specs})
-    if unknown:
-        raise ValueError(f"unknown parameters: {', '.join(unknown)}")
-    merged: dict[str, Any] = {}
-    problems = []
-    for spec in specs:
-        value = values.get(spec.name, spec.default)
-        problem = check_value(spec, value)
-        if problem:
-            problems.append(problem)
-        merged[spec.name] = float(value) if isinstance(spec.default, float) and \
-            isinstance(value, int) else value
-    return merged, problems
 
 
 def node_config_from_params(values: Mapping[str, Any]) -> NodeConfig:

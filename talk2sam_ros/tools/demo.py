@@ -3,7 +3,7 @@
 1. Weights: with the default tiny preset and no trained head in the cache
    (``<weights cache>/trained/tiny_synthetic.pt``), generate the synthetic thin-object set and
    train the tiny head briefly (talk2sam_ros.training), saving the weights there.
-2. Start the real node (``python -m talk2sam_ros.node``, the code ``ros2 launch`` runs) on a
+2. Start the real node (``python -m talk2sam_ros.ros.node``, the code ``ros2 launch`` runs) on a
    ROS_DOMAIN_ID ($ROS_DOMAIN_ID, else one derived from the pid) with DDS kept on loopback,
    and a camera stand-in in this process that publishes CC0 scikit-image photos and
    held-out synthetic wire scenes with ground truth (or ``--images DIR`` / ``--video
@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from talk2sam_ros.bench import summarize
-from talk2sam_ros.weights import cli_logging
+from talk2sam_ros.tools.bench import summarize
+from talk2sam_ros.common.cli import cli_logging
+from talk2sam_ros.model.config import dtype_name
 
 LOG = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class NodeSettings:
 
     preset: str = "tiny"
     device: str = "cpu"
-    dtype: str = "fp32"  # fp32 | bf16 | fp16 (mapped to the node's names)
+    dtype: str = "float32"  # the node's dtype parameter (fp32 / bf16 / fp16 also accepted)
     checkpoints: Mapping[str, str] = field(default_factory=dict)  # part -> path / registry name
     checkpoints_from_cache: bool = False  # presets t/b/l/h: registry files in the cache
     params_file: str | None = None
@@ -70,10 +71,8 @@ class NodeSettings:
     node_name: str = "talk2sam"
 
     def ros_args(self) -> list[str]:
-        dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(self.dtype,
-                                                                                self.dtype)
         params: dict[str, Any] = {"preset": self.preset, "device": self.device,
-                                  "dtype": dtype, "diagnostics_period_s": 0.0}
+                                  "dtype": dtype_name(self.dtype), "diagnostics_period_s": 0.0}
         if self.preset not in ("tiny",) and not self.checkpoints_from_cache \
                 and not self.params_file and not self.checkpoints:
             params["allow_random_weights"] = True  # benchmark-only real-size random weights
@@ -181,7 +180,7 @@ class NodeHarness:
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
-        from talk2sam_ros.conversions import make_bridge
+        from talk2sam_ros.ros.conversions import make_bridge
         from talk2sam_ros.msg import GraspCandidate, SegmentationResult, TextBoxPrompt
 
         env = dict(os.environ, ROS_DOMAIN_ID=str(self.domain),
@@ -189,7 +188,7 @@ class NodeHarness:
                    PYTHONUNBUFFERED="1")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_fh = open(self.log_path, "w")
-        cmd = [sys.executable, "-m", "talk2sam_ros.node", *self.settings.ros_args()]
+        cmd = [sys.executable, "-m", "talk2sam_ros.ros.node", *self.settings.ros_args()]
         self._log_fh.write("$ " + " ".join(cmd) + "\n")
         self._log_fh.flush()
         self.proc = subprocess.Popen(cmd, stdout=self._log_fh, stderr=subprocess.STDOUT, env=env)
@@ -305,7 +304,7 @@ class NodeHarness:
         """Publish `rgb` (H, W, 3 uint8) stamped now; returns the stamp key."""
         from std_msgs.msg import Header
 
-        from talk2sam_ros.conversions import rgb_to_msg
+        from talk2sam_ros.ros.conversions import rgb_to_msg
 
         now = self._node.get_clock().now().to_msg()
         header = Header(frame_id=self.frame_id)
@@ -480,7 +479,7 @@ def synthetic_frames(folder: Path, n: int, seed: int, size: int | tuple[int, int
                      ) -> list[DemoFrame]:
     """Held-out synthetic scenes (a seed training never sees) with GT masks and boxes;
     every `text_only_every`-th scene is prompted with its category alone."""
-    from talk2sam_ros.metrics import binarize_gt
+    from talk2sam_ros.common.metrics import binarize_gt
     from talk2sam_ros.training.data import box_from_mask, list_many, read_gt, read_image
     from talk2sam_ros.training.synthetic import generate_synthetic_dataset
 
@@ -617,7 +616,7 @@ def save_frame_pngs(out_dir: Path, index: int, frame: DemoFrame, res: FrameResul
     """input/overlay/mask/similarity/grasp PNGs of one answer; returns kind -> relative path."""
     import cv2
 
-    from talk2sam_ros.visualize import draw_overlay
+    from talk2sam_ros.common.visualize import draw_overlay
 
     stem = f"{index:02d}_{frame.name}"
     files: dict[str, str] = {}
@@ -794,7 +793,7 @@ def build_frames(cfg: DemoConfig, cache: Path) -> list[DemoFrame]:
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """The whole demo; returns the summary (also written to cfg.out)."""
-    from talk2sam_ros.metrics import mask_iou
+    from talk2sam_ros.common.metrics import mask_iou
     from talk2sam_ros.weights import default_cache_dir
 
     cache = Path(cfg.weights_dir) if cfg.weights_dir else default_cache_dir()

@@ -27,11 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from talk2sam_ros.weights import cli_logging
+from talk2sam_ros.common.cli import cli_logging
+from talk2sam_ros.model.config import DTYPE_ALIASES, DTYPE_NAMES, dtype_name
 
 LOG = logging.getLogger(__name__)
 
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = (*DTYPE_NAMES, *DTYPE_ALIASES)
 ENCODE_STAGES = ("sam_encode", "dino_encode")
 KS = (1, 2, 4, 8)
 
@@ -40,7 +41,7 @@ KS = (1, 2, 4, 8)
 class BenchConfig:
     preset: str = "tiny"
     device: str = "cpu"
-    dtype: str = "fp32"
+    dtype: str = "float32"  # float32 | float16 | bfloat16 (or fp32 / fp16 / bf16)
     sdpa: bool = True  # scaled_dot_product_attention in the encoders (where the model allows)
     compile: bool = False  # torch.compile the frozen image encoders
     runs: int = 10
@@ -68,15 +69,6 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     return {"median": float(np.median(arr)), "p90": float(np.percentile(arr, 90)),
             "mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max()),
             "n": int(arr.size)}
-
-
-def torch_dtype(name: str) -> Any:
-    import torch
-
-    try:
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; expected one of {DTYPES}") from None
 
 
 def bench_frames(size: tuple[int, int], count: int, seed: int = 0) -> list[np.ndarray]:
@@ -157,36 +149,33 @@ class Timer:
 # ----------------------------------------------------------------------------- model level
 
 
-def build_predictor(cfg: BenchConfig) -> tuple[Any, Any]:
-    """The model and predictor exactly as the node builds them (preset, device, dtype)."""
-    from talk2sam_ros.model import Talk2SAMPredictor, build_talk2sam, get_preset
+def build_predictor(cfg: BenchConfig) -> tuple[Any, Any, dict[str, str]]:
+    """The model and predictor as the node builds them (load_for_inference), and the weight
+    files used (part -> path; parts not listed have random weights)."""
+    from talk2sam_ros.model import Talk2SAMPredictor
+    from talk2sam_ros.weights import InferenceSpec
+    from talk2sam_ros.weights.inference import load_for_inference
 
-    checkpoints = None
-    if cfg.checkpoints_from_cache:
-        from talk2sam_ros.weights import checkpoints_for_preset
-
-        checkpoints = {k: str(v) for k, v in checkpoints_for_preset(cfg.preset).items()}
-    config = get_preset(cfg.preset).replace(compile=cfg.compile, sam_sdpa=cfg.sdpa)
+    spec = InferenceSpec(preset=cfg.preset, device=cfg.device, dtype=cfg.dtype,
+                         allow_random_weights=not cfg.checkpoints_from_cache,
+                         overrides={"compile": cfg.compile, "sam_sdpa": cfg.sdpa})
     with _sdpa(cfg.sdpa):
-        model = build_talk2sam(config, checkpoints=checkpoints, device=cfg.device,
-                               dtype=torch_dtype(cfg.dtype))
-    return model, Talk2SAMPredictor(model)
+        loaded = load_for_inference(spec)
+    files = {part: str(path) for part, path in loaded.checkpoints.items()}
+    return loaded.model, Talk2SAMPredictor(loaded.model), files
 
 
 @contextlib.contextmanager
 def _sdpa(enabled: bool) -> Iterator[None]:
     """timm's fused (SDPA) attention switch while the encoders are built."""
-    try:
-        from timm.layers import config as timm_config
-    except ImportError:
-        yield
-        return
-    old = timm_config._USE_FUSED_ATTN  # noqa: SLF001 (timm keeps it module-level)
-    timm_config.set_fused_attn(enabled)
+    from timm.layers import set_fused_attn, use_fused_attn
+
+    old = use_fused_attn()
+    set_fused_attn(enabled)
     try:
         yield
     finally:
-        timm_config._USE_FUSED_ATTN = old  # noqa: SLF001
+        set_fused_attn(old)
 
 
 # profile_predictor stage -> our report name (None: left out, covered by another row).
@@ -217,7 +206,7 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
 
     from talk2sam_ros.model.profile import profile_predictor
 
-    model, pred = build_predictor(cfg)
+    model, pred, files = build_predictor(cfg)
     w, h = cfg.image_size
     if cfg.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(torch.device(cfg.device))
@@ -266,6 +255,7 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
         "k_scaling_encoder_runs": pred.encode_count - encodes_before,
         "memory": peak,
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "weights": files,
         "profile": prof,
     }
 
@@ -275,7 +265,7 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
 
 def bench_node(cfg: BenchConfig) -> dict[str, Any]:
     """End-to-end numbers through the real node over DDS on loopback (own ROS_DOMAIN_ID)."""
-    from talk2sam_ros.demo import NodeHarness, NodeSettings
+    from talk2sam_ros.tools.demo import NodeHarness, NodeSettings
 
     # Reliable image QoS: a frame lost in transport would stall the one-at-a-time loop.
     settings = NodeSettings(preset=cfg.preset, device=cfg.device, dtype=cfg.dtype,
@@ -318,6 +308,13 @@ def _fmt(x: Any, digits: int = 1) -> str:
         f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
 
+def _weights_text(model_result: dict[str, Any] | None) -> str:
+    files = (model_result or {}).get("weights")
+    if files is None:
+        return "not loaded (node only)"
+    return "random" if not files else "files for " + ", ".join(sorted(files))
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The report as Markdown tables (what docs/README show)."""
     cfg, m = result["config"], result.get("model")
@@ -328,7 +325,7 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"{'' if cfg['sdpa'] else ', no SDPA'}", "",
              f"Machine: {where}; torch {mach['torch']}; frames {cfg['image_size'][0]}x"
              f"{cfg['image_size'][1]}; {cfg['runs']} runs after {cfg['warmup']} warm-up; "
-             f"weights: {'official (cache)' if cfg['checkpoints_from_cache'] else 'random'}; "
+             f"weights: {_weights_text(m)}; "
              f"{result['timestamp']}", ""]
     if m:
         lines += ["| stage | median ms | p90 ms |", "|---|---:|---:|"]
@@ -409,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", default="640x480", help="WxH of the frames (640x480)")
     p.add_argument("--text", default=d.text)
     p.add_argument("--checkpoints-from-cache", action="store_true",
-                   help="official weights from the talk2sam-weights cache (else random)")
+                   help="require the preset's official files in the talk2sam-weights cache "
+                        "(default: use those present, random weights for the others)")
     p.add_argument("--node", action=argparse.BooleanOptionalAction, default=d.node,
                    help="also benchmark through the real node over DDS (default on)")
     p.add_argument("--node-frames", type=int, default=d.node_frames)
@@ -426,7 +424,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise SystemExit(f"talk2sam-bench: error: --image-size {args.image_size!r} is not WxH")
     if args.runs < 1 or args.warmup < 0:
         raise SystemExit("talk2sam-bench: error: --runs must be >= 1 and --warmup >= 0")
-    return BenchConfig(preset=args.preset, device=args.device, dtype=args.dtype, sdpa=args.sdpa,
+    return BenchConfig(preset=args.preset, device=args.device, dtype=dtype_name(args.dtype),
+                       sdpa=args.sdpa,
                        compile=args.compile, runs=args.runs, warmup=args.warmup,
                        image_size=(w, h), text=args.text,
                        checkpoints_from_cache=args.checkpoints_from_cache, node=args.node,
@@ -435,7 +434,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from talk2sam_ros.demo import interrupt_on_termination
+    from talk2sam_ros.tools.demo import interrupt_on_termination
 
     cfg = config_from_args(build_parser().parse_args(argv))
     try:

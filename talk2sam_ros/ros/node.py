@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,23 +31,21 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
-from talk2sam_ros import conversions as conv
+from talk2sam_ros.common.cli import one_line
+from talk2sam_ros.common.params import check_value, descriptor
+from talk2sam_ros.common.visualize import blend_similarity, draw_overlay, label_image
 from talk2sam_ros.grasp import grasp_from_mask
+from talk2sam_ros.model.errors import CheckpointError
 from talk2sam_ros.msg import GraspCandidate, SegmentationResult, StageTiming, TextBoxPrompt
-from talk2sam_ros.node_config import (CHECKPOINT_PARTS, DIAGNOSTICS_TOPIC, NODE_NAME,
-                                      PARAM_BY_NAME, PARAMS, NodeConfig, check_value,
-                                      node_config_from_params)
-from talk2sam_ros.ros_params import descriptor
-from talk2sam_ros.visualize import blend_similarity, draw_overlay, label_image
+from talk2sam_ros.ros import conversions as conv
+from talk2sam_ros.ros.params import (DIAGNOSTICS_TOPIC, NODE_NAME, PARAM_BY_NAME, PARAMS,
+                                     NodeConfig, node_config_from_params)
+from talk2sam_ros.weights.registry import WeightsError
 
 # Prompts from `category` (text only) carry this id in their results.
 CATEGORY_PROMPT_ID = -1
 _LOG_PERIOD_S = 2.0  # per-frame log lines: one per kind of rejection (or call site) and period
 _MAX_PROMPT_JOBS = 16  # stamped prompts waiting for the worker; older ones are dropped
-
-
-class ConfigurationError(RuntimeError):
-    """Bad parameters or weights: configure returns FAILURE with this message."""
 
 
 @dataclass(frozen=True)
@@ -116,55 +113,6 @@ class Throttle:
 def reason_kind(reason: str) -> str:
     """The kind of a rejection reason: its text without numbers and quoted values."""
     return re.sub(r"\d+", "#", re.sub(r"'[^']*'", "''", reason))
-
-
-def resolve_device(device: str, dtype: str) -> tuple[str, Any]:
-    """(torch device string, torch dtype) for the device/dtype parameters ('auto' resolved)."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigurationError(f"device={device!r} but torch sees no CUDA device "
-                                 "(set device:=cpu or auto)")
-    if dtype == "auto":
-        dtype = "float16" if device.startswith("cuda") else "float32"
-    return device, getattr(torch, dtype)
-
-
-def resolve_checkpoints(cfg: NodeConfig) -> dict[str, Path]:
-    """part -> weight file: the checkpoint_* parameters (paths or registry names), then the
-    preset's registry files found in weights_dir. Raises ConfigurationError when a needed
-    file is missing (unless allow_random_weights) or a given one does not exist."""
-    from talk2sam_ros import weights
-
-    cache = cfg.weights_dir or None
-    found: dict[str, Path] = {}
-    problems = []
-    for part, value in cfg.checkpoints.items():
-        try:
-            found[part] = weights.resolve(value, cache_dir=cache)
-        except weights.WeightsError as exc:
-            problems.append(f"checkpoint_{part}={value!r}: {exc}")
-    if problems:
-        raise ConfigurationError("; ".join(problems))
-    if cfg.preset == "tiny":
-        return found
-    registry = weights.load_registry()
-    missing = []
-    for part, name in registry.presets.get(cfg.preset, {}).items():
-        if part in found or (part == "projection" and "talk2sam" in found):
-            continue
-        try:
-            found[part] = weights.resolve(name, cache_dir=cache, registry=registry)
-        except weights.WeightsError as exc:
-            missing.append(f"checkpoint_{part} ({exc})")
-    if missing and not cfg.allow_random_weights:
-        raise ConfigurationError(
-            f"preset {cfg.preset!r} needs weight files: {'; '.join(missing)}. Set the "
-            "checkpoint_* parameters (config/talk2sam.yaml), download them with "
-            f"`talk2sam-weights download --preset {cfg.preset}`, or use preset:=tiny")
-    return found
 
 
 class Talk2SAMNode(LifecycleNode):
@@ -251,12 +199,10 @@ class Talk2SAMNode(LifecycleNode):
         try:
             cfg = self.read_config()
             self._load_model(cfg)
-        except (ConfigurationError, ValueError) as exc:
-            log.error(f"configure failed: {exc}")
-            self._release_model()
-            return TransitionCallbackReturn.FAILURE
-        except Exception as exc:  # corrupt files, CUDA errors, ...: stay unconfigured
-            log.error(f"configure failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # bad parameters or files, CUDA errors: stay unconfigured
+            expected = isinstance(exc, (ValueError, CheckpointError, WeightsError))
+            log.error(f"configure failed: {'' if expected else type(exc).__name__ + ': '}"
+                      f"{one_line(exc)}")
             self._release_model()
             return TransitionCallbackReturn.FAILURE
         self._cfg = cfg
@@ -344,32 +290,17 @@ class Talk2SAMNode(LifecycleNode):
         self.trigger_activate()
 
     def _load_model(self, cfg: NodeConfig) -> None:
-        from talk2sam_ros.model import (CheckpointError, Talk2SAMPredictor, build_talk2sam,
-                                        trained_weights_config)
-        from talk2sam_ros.model.config import get_preset
+        from talk2sam_ros.model import Talk2SAMPredictor
+        from talk2sam_ros.weights.inference import load_for_inference
 
         log = self.get_logger()
-        device, dtype = resolve_device(cfg.device, cfg.dtype)
-        checkpoints = resolve_checkpoints(cfg)
-        if "talk2sam" in checkpoints:
-            # the trained file's architecture flags (full decoder, CLIP projection, similarity
-            # mode) decide the model it loads onto; the preset must still agree
-            config = trained_weights_config(checkpoints["talk2sam"])
-            if config.preset != cfg.preset:
-                raise CheckpointError(f"checkpoint_talk2sam {checkpoints['talk2sam']} was trained "
-                                      f"for preset {config.preset!r}, not {cfg.preset!r}")
-        else:
-            config = get_preset(cfg.preset)
-        config = config.replace(**cfg.model_overrides)
-        self._device = device
-        self._model = build_talk2sam(config, checkpoints={k: str(v) for k, v in
-                                                          checkpoints.items()},
-                                     device=device, dtype=dtype)
+        loaded = load_for_inference(cfg.inference_spec)
+        self._device = loaded.device
+        self._model = loaded.model
         self._predictor = Talk2SAMPredictor(self._model, text_cache_size=cfg.text_cache_size)
-        for part in CHECKPOINT_PARTS:
-            if part in checkpoints:
-                log.info(f"{part}: {checkpoints[part]}")
-        if cfg.preset != "tiny" and "talk2sam" not in checkpoints:
+        for part, path in loaded.checkpoints.items():
+            log.info(f"{part}: {path}")
+        if cfg.preset != "tiny" and "talk2sam" not in loaded.checkpoints:
             log.warning("checkpoint_talk2sam is not set: the mask-prompt encoder is SAM-HQ's "
                         "own (zero-shot); set it to a talk2sam-train output for trained results")
 
@@ -731,7 +662,7 @@ def _grasp_msg(grasp: Any, header: Header, prompt_id: int) -> GraspCandidate:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point of `talk2sam_node` / `python -m talk2sam_ros.node [--ros-args ...]`."""
+    """Entry point of `talk2sam_node` / `python -m talk2sam_ros.ros.node [--ros-args ...]`."""
     rclpy.init(args=args)
     node = None
     try:

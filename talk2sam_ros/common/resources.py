@@ -14,7 +14,7 @@ PACKAGE = "talk2sam_ros"
 
 def config_dirs() -> list[Path]:
     """Candidate `config/` folders, most specific first: source tree, ament share, pip prefix."""
-    dirs = [Path(__file__).resolve().parents[1] / "config"]
+    dirs = [Path(__file__).resolve().parents[2] / "config"]
     try:  # a colcon install tree (optional: training and the CLIs never need ROS)
         from ament_index_python.packages import get_package_share_directory
 

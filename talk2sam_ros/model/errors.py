@@ -1,0 +1,10 @@
+"""The model core's error type, importable without torch (the node catches it at configure)."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable, refused or does not match the expected model.
+
+    The message is always one line (libraries' multi-line errors are folded into it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
