@@ -83,6 +83,10 @@ def test_configure_fails_cleanly_on_missing_and_corrupt_weights(ros):
     assert client.change_state("configure") is False
     assert client.state() == "unconfigured"
     assert f"configure failed: checkpoint_talk2sam='{MISSING}'" in ros.log_text()
+    # the reason is on /diagnostics too (tools read it there, not from the log)
+    status = client.latest_diagnostics()
+    assert status["state"] == "unconfigured", status
+    assert status["configure_error"].startswith(f"checkpoint_talk2sam='{MISSING}'"), status
     corrupt = ros.tmp / "corrupt_talk2sam.pt"
     corrupt.write_bytes(b"PK\x03\x04 definitely not a torch file" * 10)
     assert all(r.successful for r in client.set_parameters(checkpoint_talk2sam=str(corrupt)))

@@ -140,8 +140,13 @@ class Talk2SAMNode(LifecycleNode):
         self._device = "cpu"
         self._pubs: dict[str, Any] = {}
         self._subs: list[Any] = []
-        self._diag_pub: Any = None
+        # Lifecycle state as our transitions set it, and why the last configure failed: both
+        # are on /diagnostics from start-up, so tools see a failure reason without reading logs.
+        self._state = "unconfigured"
+        self._configure_error = ""
+        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self._diag_timer: Any = None
+        self._set_diagnostics_period(self.get_parameter("diagnostics_period_s").value)
         self._counters = Counters()
         self._throttle = Throttle(_LOG_PERIOD_S)
         # Shared with the worker, guarded by _cond.
@@ -201,10 +206,14 @@ class Talk2SAMNode(LifecycleNode):
             self._load_model(cfg)
         except Exception as exc:  # bad parameters or files, CUDA errors: stay unconfigured
             expected = isinstance(exc, (ValueError, CheckpointError, WeightsError))
-            log.error(f"configure failed: {'' if expected else type(exc).__name__ + ': '}"
-                      f"{one_line(exc)}")
+            self._configure_error = (f"{'' if expected else type(exc).__name__ + ': '}"
+                                     f"{one_line(exc)}")
+            log.error(f"configure failed: {self._configure_error}")
             self._release_model()
+            self._publish_diagnostics()
             return TransitionCallbackReturn.FAILURE
+        self._configure_error = ""
+        self._state = "inactive"
         self._cfg = cfg
         out_qos = QoSProfile(depth=cfg.qos_depth, history=HistoryPolicy.KEEP_LAST,
                              reliability=_reliability(cfg.output_qos_reliability),
@@ -216,10 +225,7 @@ class Talk2SAMNode(LifecycleNode):
                       for name, kind in types.items()}
         with self._cond:
             self._frames = deque(maxlen=cfg.frame_cache_size)
-        if cfg.diagnostics_period_s > 0:
-            self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
-            self._diag_timer = self.create_timer(cfg.diagnostics_period_s,
-                                                 self._publish_diagnostics)
+        self._set_diagnostics_period(cfg.diagnostics_period_s)
         log.info(f"configured: preset {cfg.preset} on {self._device}")
         return super().on_configure(state)
 
@@ -248,11 +254,13 @@ class Talk2SAMNode(LifecycleNode):
         self._worker = threading.Thread(target=self._work, args=(self._stop,),
                                         name="talk2sam_worker", daemon=True)
         self._worker.start()
+        self._state = "active"
         self.get_logger().info("active: waiting for images and prompts")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
+        self._state = "inactive"
         self.get_logger().info("inactive")
         return super().on_deactivate(state)
 
@@ -261,15 +269,18 @@ class Talk2SAMNode(LifecycleNode):
         self._release_model()
         with self._cond:
             self._prompt = None
+        self._state = "unconfigured"
         self.get_logger().info("cleaned up: model released")
         return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.teardown()
+        self._state = "finalized"
         return super().on_shutdown(state)
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.teardown()
+        self._state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
     def teardown(self) -> None:
@@ -340,12 +351,6 @@ class Talk2SAMNode(LifecycleNode):
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
-        if self._diag_pub is not None:
-            self.destroy_publisher(self._diag_pub)
-            self._diag_pub = None
 
     # ------------------------------------------------------------------ callbacks
     def _reject(self, counter: str, what: str, reason: str) -> None:
@@ -606,12 +611,22 @@ class Talk2SAMNode(LifecycleNode):
         return (now - (sec * 1_000_000_000 + nsec)) / 1e6
 
     # ------------------------------------------------------------------ diagnostics
+    def _set_diagnostics_period(self, period_s: float) -> None:
+        """Periodic /diagnostics every period_s (0: none; a failed configure still reports)."""
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        if period_s > 0:
+            self._diag_timer = self.create_timer(period_s, self._publish_diagnostics)
+
     def diagnostics(self) -> dict[str, Any]:
-        """Counters since activation plus the predictor's encode_count and the state."""
+        """Counters since activation plus the predictor's encode_count, the lifecycle state
+        and, while unconfigured after a failed configure, its reason (configure_error)."""
         values: dict[str, Any] = self._counters.snapshot()
         predictor = self._predictor
         values["encode_count"] = getattr(predictor, "encode_count", 0) if predictor else 0
-        values["state"] = self._state_machine.current_state[1]
+        values["state"] = self._state
+        values["configure_error"] = self._configure_error
         values["device"] = self._device
         with self._cond:
             prompt = self._prompt
@@ -629,6 +644,9 @@ class Talk2SAMNode(LifecycleNode):
         status.message = f"{values['state']}, {values['frames_processed']} processed, " \
                          f"{values['frames_dropped']} dropped, {values['inputs_rejected']} " \
                          f"rejected, {bad} failed"
+        if values["configure_error"]:
+            status.level = DiagnosticStatus.ERROR
+            status.message = f"configure failed: {values['configure_error']}"
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
