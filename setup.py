@@ -50,7 +50,7 @@ setup(
     ],
     extras_require={
         "speech": ["pocketsphinx>=5.0"],
-        "ros": ["cv-bridge==1.13.0.post0"],
+        "ros": ["cv-bridge==1.13.0.post0", "rosbags>=0.11"],
         "test": ["pytest"],
     },
     entry_points={

@@ -224,7 +224,8 @@ def read_torchscript_tensors(path: str | os.PathLike, what: str) -> dict[str, to
             def storage(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
                 if key not in cache:
                     raw = bytearray(zf.read(f"{root}data/{key}"))
-                    flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+                    flat = (torch.frombuffer(raw, dtype=dtype) if raw
+                            else torch.empty(0, dtype=dtype))
                     if flat.numel() < numel:
                         raise CheckpointError(f"{what}: {path}: storage {key} is truncated")
                     cache[key] = flat
