@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from . import status as st
+from .status import BAD_CAMERA_INFO, BAD_DEPTH
 
 # encoding -> (dtype, metres per unit). 16UC1 is millimetres (RealSense, OAK-D, Azure Kinect,
 # ZED all publish it so); 32FC1 is metres (REP 118).
@@ -42,7 +42,7 @@ class DepthInputError(ValueError):
     """A depth image or camera model the 3D stage cannot use; the text is the one log line,
     `status` the GraspCandidate.depth_status it leads to (bad_depth or bad_camera_info)."""
 
-    def __init__(self, reason: str, status: str = st.BAD_DEPTH) -> None:
+    def __init__(self, reason: str, status: str = BAD_DEPTH) -> None:
         super().__init__(reason)
         self.status = status
 
@@ -107,7 +107,7 @@ def camera_from_fields(width: int, height: int, k: Sequence[float], d: Sequence[
     """CameraModel from CameraInfo fields; raises DepthInputError with the reason."""
     reason = check_camera_fields(width, height, k, d, distortion_model)
     if reason:
-        raise DepthInputError(reason, st.BAD_CAMERA_INFO)
+        raise DepthInputError(reason, BAD_CAMERA_INFO)
     return CameraModel(width=int(width), height=int(height),
                        k=np.asarray(k, np.float64).reshape(3, 3).copy(),
                        d=np.asarray(d, np.float64).ravel().copy(),

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from . import status as st
+from .status import CAMERA_INFO_STALE, DEPTH_STALE, NO_CAMERA_INFO, NO_DEPTH, OK
 
 
 def stamp_ns(sec: int, nanosec: int) -> int:
@@ -37,7 +37,7 @@ class Pairing:
 
     @property
     def ok(self) -> bool:
-        return self.status == st.OK
+        return self.status == OK
 
 
 class StampBuffer:
@@ -112,24 +112,24 @@ class DepthPairing:
             depth, info = self._depth.nearest(stamp), self._info.nearest(stamp)
             n_depth, n_info = self._depth.received, self._info.received
         if depth is None and info is None:
-            return Pairing(st.NO_DEPTH, "no depth frame and no camera_info received yet")
+            return Pairing(NO_DEPTH, "no depth frame and no camera_info received yet")
         if depth is None:
-            return Pairing(st.NO_DEPTH, f"camera_info arrives ({n_info} so far) but no depth "
-                                        "frame has been received")
+            return Pairing(NO_DEPTH, f"camera_info arrives ({n_info} so far) but no depth "
+                                     "frame has been received")
         if info is None:
-            return Pairing(st.NO_CAMERA_INFO, f"depth frames arrive ({n_depth} so far) but no "
-                                              "camera_info has been received")
+            return Pairing(NO_CAMERA_INFO, f"depth frames arrive ({n_depth} so far) but no "
+                                           "camera_info has been received")
         limit = _ms(self.max_dt_ns)
         if abs(depth[0]) > self.max_dt_ns:
-            return Pairing(st.DEPTH_STALE,
+            return Pairing(DEPTH_STALE,
                            f"nearest depth frame is {_ms(abs(depth[0]))} "
                            f"{'newer' if depth[0] > 0 else 'older'} than the image "
                            f"(depth_max_dt_ms {limit})", depth_dt_ns=depth[0])
         if abs(info[0]) > self.max_dt_ns:
-            return Pairing(st.CAMERA_INFO_STALE,
+            return Pairing(CAMERA_INFO_STALE,
                            f"nearest camera_info is {_ms(abs(info[0]))} "
                            f"{'newer' if info[0] > 0 else 'older'} than the image "
                            f"(depth_max_dt_ms {limit})", depth_dt_ns=depth[0],
                            camera_info_dt_ns=info[0])
-        return Pairing(st.OK, depth=depth[1], camera_info=info[1], depth_dt_ns=depth[0],
+        return Pairing(OK, depth=depth[1], camera_info=info[1], depth_dt_ns=depth[0],
                        camera_info_dt_ns=info[0])

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from . import status as st
+from .status import NO_GRASP, NO_VALID_DEPTH, NO_VALID_DEPTH_NEAR_POINT, OK
 from .depth import CameraModel, deproject, depth_near, rays
 from .pixel import Grasp
 
@@ -81,7 +81,7 @@ class Grasp3D:
 
     @property
     def ok(self) -> bool:
-        return self.status == st.OK
+        return self.status == OK
 
 
 def not_available(status: str, reason: str = "") -> Grasp3D:
@@ -237,9 +237,9 @@ def grasp_pose_from_depth(mask: np.ndarray, grasp: Grasp, depth_m: np.ndarray,
                          f"{camera.width}x{camera.height} sizes differ")
     fraction = mask_depth_fraction(mask, depth_m)
     if not grasp.valid:
-        return Grasp3D(status=st.NO_GRASP, reason=grasp.reason, valid_depth_fraction=fraction)
+        return Grasp3D(status=NO_GRASP, reason=grasp.reason, valid_depth_fraction=fraction)
     if fraction == 0.0:
-        return Grasp3D(status=st.NO_VALID_DEPTH, reason="no valid depth reading on the mask",
+        return Grasp3D(status=NO_VALID_DEPTH, reason="no valid depth reading on the mask",
                        valid_depth_fraction=fraction)
     radius = config.depth_radius_px or max(2.0, grasp.width_px / 2.0)
     line_px = np.asarray(grasp.centerline, np.float64).reshape(-1, 2)
@@ -258,7 +258,7 @@ def grasp_pose_from_depth(mask: np.ndarray, grasp: Grasp, depth_m: np.ndarray,
         best = int(np.argmin(dist)) if len(dist) else -1
         limit = config.max_point_shift_px or np.inf
         if best < 0 or not np.isfinite(dist[best]) or not dist[best] <= limit:
-            return Grasp3D(status=st.NO_VALID_DEPTH_NEAR_POINT,
+            return Grasp3D(status=NO_VALID_DEPTH_NEAR_POINT,
                            reason="no valid depth at the grasp point nor on the centreline"
                                   + ("" if limit == np.inf else f" within {limit:g} px"),
                            centerline=line_3d, centerline_index=index,
@@ -277,7 +277,7 @@ def grasp_pose_from_depth(mask: np.ndarray, grasp: Grasp, depth_m: np.ndarray,
                             x_axis, y_axis, z_axis, float(np.linalg.norm(tangent)) / 2.0)
     rotation = np.stack([x_axis, y_axis, z_axis], axis=1)
     quat = Rotation.from_matrix(rotation).as_quat()
-    return Grasp3D(status=st.OK, position=position, rotation=rotation,
+    return Grasp3D(status=OK, position=position, rotation=rotation,
                    quaternion=tuple(float(q) for q in quat / np.linalg.norm(quat)),
                    width_m=width, centerline=line_3d, centerline_index=index,
                    valid_depth_fraction=fraction,

@@ -12,11 +12,12 @@ NO_DEPTH = "no_depth"                            # no depth frame received (at a
 NO_CAMERA_INFO = "no_camera_info"                # no camera_info received (at all)
 DEPTH_STALE = "depth_stale"                      # nearest depth frame outside depth_max_dt_ms
 CAMERA_INFO_STALE = "camera_info_stale"          # nearest camera_info outside depth_max_dt_ms
-BAD_DEPTH = "bad_depth"                          # depth rejected: encoding, size, step, all invalid
+BAD_DEPTH = "bad_depth"                          # depth rejected: encoding, size, step, no reading
 BAD_CAMERA_INFO = "bad_camera_info"              # camera_info rejected: K, D, model, size
 NO_GRASP = "no_grasp"                            # the pixel grasp is not valid
 NO_VALID_DEPTH = "no_valid_depth"                # no valid depth reading on the mask
-NO_VALID_DEPTH_NEAR_POINT = "no_valid_depth_near_point"  # none at the point nor on the centreline
+# no reading at the grasp point nor on the centreline (within max_point_shift_px)
+NO_VALID_DEPTH_NEAR_POINT = "no_valid_depth_near_point"
 
 DESCRIPTIONS: dict[str, str] = {
     OK: "pose, 3D centreline and width computed",

@@ -120,8 +120,8 @@ def render_scene(spec: SceneSpec = SceneSpec()) -> RGBDScene:
     camera = camera_from_fields(w, h, k, list(spec.distortion),
                                 "plumb_bob" if spec.distortion else "")
     axis = math.radians(spec.tilt_axis_deg)
-    turn = Rotation.from_rotvec(math.radians(spec.tilt_deg) * np.array([math.cos(axis),
-                                                                          math.sin(axis), 0.0]))
+    tilt_axis = np.array([math.cos(axis), math.sin(axis), 0.0])
+    turn = Rotation.from_rotvec(math.radians(spec.tilt_deg) * tilt_axis)
     e1, e2, normal = turn.apply(np.eye(3))  # plane axes u, v and the normal (away from camera)
     origin = np.array([0.0, 0.0, spec.distance_m])
 
