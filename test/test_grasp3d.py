@@ -246,3 +246,22 @@ def test_scene_generator_is_deterministic_and_consistent():
     assert grasp_from_mask(f.mask).width_px == pytest.approx(0.012 * 600 / 0.6, abs=1.5)
     with pytest.raises(ValueError, match="shape"):
         SceneSpec(shape="knot")
+
+
+def test_figure_shows_the_grasp(tmp_path):
+    from PIL import Image
+
+    from talk2sam_ros.grasp.figure import AXIS_COLOURS, main, save_grasp_figure
+
+    scene = _scene("tilted_sine")
+    grasp, g3 = _grasp(scene)
+    points, _ = object_points(scene.mask, scene.depth_m, scene.camera, 800)
+    out = save_grasp_figure(tmp_path / "sub" / "grasp.png", scene.rgb, scene.mask, grasp, g3,
+                            scene.camera, points, title="cable")
+    with Image.open(out) as image:
+        assert image.size == (720, 320)
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+    for colour in AXIS_COLOURS.values():  # the three gripper axes are drawn
+        rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+        assert (np.abs(pixels - rgb).sum(axis=1) < 40).sum() > 20, colour
+    assert main([str(tmp_path / "doc.png")]) == 0 and (tmp_path / "doc.png").stat().st_size < 60000

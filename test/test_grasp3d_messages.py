@@ -209,6 +209,20 @@ def test_point_cloud_round_trips_with_colours(scene):
     assert empty.width == 0 and len(empty.data) == 0
 
 
+def test_rviz_config_shows_the_3d_outputs():
+    yaml = pytest.importorskip("yaml")
+    from rosutil import REPO
+
+    config = yaml.safe_load((REPO / "config" / "talk2sam.rviz").read_text())
+    displays = {d["Topic"]["Value"]: d["Class"] for d in config["Visualization Manager"]
+                ["Displays"]}
+    expected = {"grasp_pose": "rviz_default_plugins/Pose",
+                "grasp_markers": "rviz_default_plugins/MarkerArray",
+                "object_points": "rviz_default_plugins/PointCloud2"}
+    assert {t: displays.get(t) for t in gm.TOPICS} == expected
+    assert gm.TOPICS["grasp_pose"] is PoseStamped
+
+
 def test_depth_msg_rejects_what_it_cannot_encode():
     with pytest.raises(ValueError, match="uint16 mm or float32 m"):
         gm.depth_msg(np.zeros((4, 4), np.float64), _header())

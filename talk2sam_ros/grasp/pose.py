@@ -100,7 +100,7 @@ def fit_plane(points: np.ndarray, inlier_m: float, hypotheses: int = 64, refits:
 
     RANSAC (as Open3D's segment_plane, vectorised: `hypotheses` planes through 3 points of a
     fixed-seed draw, the one with most points within inlier_m wins), then least-squares
-    refits (SVD) to the points within max(inlier_m, 3 robust sigmas). So a cable lying on a
+    refits to the points within max(inlier_m, 3 robust sigmas). So a cable lying on a
     table, a box beside it or a table edge does not tilt the table's plane.
     """
     points = np.asarray(points, np.float64).reshape(-1, 3)
@@ -124,10 +124,12 @@ def fit_plane(points: np.ndarray, inlier_m: float, hypotheses: int = 64, refits:
             return None
         sel = points[inliers]
         centroid = sel.mean(axis=0)
-        _, sv, vt = np.linalg.svd(sel - centroid, full_matrices=False)
-        if sv[1] <= 1e-9 * max(sv[0], 1e-12):
+        spread = sel - centroid
+        # least squares = smallest eigenvector of the 3x3 scatter (cheaper than an N x 3 SVD)
+        values, vectors = np.linalg.eigh(spread.T @ spread)
+        if values[1] <= 1e-12 * max(values[2], 1e-24):
             return None  # collinear: no plane
-        normal = vt[2]
+        normal = vectors[:, 0]
         residual = np.abs((points - centroid) @ normal)
         sigma = 1.4826 * float(np.median(residual[inliers]))
         inliers = residual <= max(inlier_m, 3.0 * sigma)
@@ -213,6 +215,20 @@ def _width_on_plane(mask: np.ndarray, camera: CameraModel, pixel: np.ndarray,
     a, b = (points - position) @ x_axis, (points - position) @ y_axis
     a = a[(np.abs(b) <= half_length_m) & (np.abs(a) <= 1.5 * max(edge_width, 1e-6))]
     return math.sqrt(12.0) * float(a.std()) if len(a) >= 3 else edge_width
+
+
+def jaw_outline(width_m: float) -> np.ndarray:
+    """(2K, 3) segments of a parallel-jaw gripper in the grasp frame (pairs of points):
+    fingers at x = +-(opening / 2) reaching just past the surface (z > 0), palm and wrist
+    behind (z < 0). The markers and the figure draw the same shape."""
+    opening = 1.3 * width_m + 0.01
+    finger = max(0.03, 2.0 * width_m)
+    half, tip, palm = opening / 2.0, 0.2 * width_m + 0.002, -finger
+    return np.array([
+        [-half, 0, tip], [-half, 0, palm], [half, 0, tip], [half, 0, palm],   # fingers
+        [-half, 0, palm], [half, 0, palm],                                   # palm
+        [0, 0, palm], [0, 0, palm - 0.02],                                   # wrist
+    ], np.float64)
 
 
 def mask_depth_fraction(mask: np.ndarray, depth_m: np.ndarray) -> float:

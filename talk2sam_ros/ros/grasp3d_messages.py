@@ -17,9 +17,15 @@ from visualization_msgs.msg import Marker, MarkerArray
 from talk2sam_ros.grasp import depth as gd
 from talk2sam_ros.grasp import status as st
 from talk2sam_ros.grasp.pairing import stamp_ns
-from talk2sam_ros.grasp.pose import Grasp3D
+from talk2sam_ros.grasp.pose import Grasp3D, jaw_outline
 from talk2sam_ros.msg import GraspCandidate
 from talk2sam_ros.ros.conversions import copy_header, same_frame
+
+# The 3D outputs (relative topic names, as the node's other outputs) and their types; the
+# GraspCandidate 3D fields go out on `grasp` as before.
+TOPICS = {"grasp_pose": PoseStamped, "grasp_markers": MarkerArray, "object_points": PointCloud2}
+# Inputs, with use_depth (remapped by the launch arguments depth_topic / camera_info_topic).
+INPUT_TOPICS = {"depth": Image, "camera_info": CameraInfo}
 
 # Marker ids per prompt namespace: every message carries all of them (ADD or DELETE), so a
 # marker that a frame does not draw is removed instead of lingering from an earlier frame.
@@ -153,19 +159,6 @@ def fill_grasp_3d(msg: GraspCandidate, grasp: Grasp3D) -> GraspCandidate:
     return msg
 
 
-def gripper_outline(width_m: float) -> np.ndarray:
-    """(2K, 3) line-list segments of a parallel-jaw gripper in the grasp frame: fingers at
-    x = +-(opening / 2) reaching just past the surface (z > 0), palm and wrist behind (z < 0)."""
-    opening = 1.3 * width_m + 0.01
-    finger = max(0.03, 2.0 * width_m)
-    half, tip, palm = opening / 2.0, 0.2 * width_m + 0.002, -finger
-    return np.array([
-        [-half, 0, tip], [-half, 0, palm], [half, 0, tip], [half, 0, palm],   # fingers
-        [-half, 0, palm], [half, 0, palm],                                   # palm
-        [0, 0, palm], [0, 0, palm - 0.02],                                   # wrist
-    ], np.float64)
-
-
 def _marker(header: Header, ns: str, marker_id: int, kind: int) -> Marker:
     return Marker(header=copy_header(header), ns=ns, id=marker_id, type=kind,
                   action=Marker.ADD)
@@ -198,7 +191,7 @@ def markers_msg(grasp: Grasp3D, header: Header, label: str, prompt_id: int) -> M
     gripper.pose = _pose(grasp)
     gripper.scale = Vector3(x=LINE_WIDTH_M)
     gripper.color = ColorRGBA(r=1.0, g=0.55, b=0.0, a=1.0)
-    gripper.points = [_point(p) for p in gripper_outline(grasp.width_m)]
+    gripper.points = [_point(p) for p in jaw_outline(grasp.width_m)]
     arrow = _marker(header, ns, MARKER_APPROACH, Marker.ARROW)
     arrow.pose.orientation.w = 1.0
     approach = grasp.rotation[:, 2]
