@@ -201,15 +201,33 @@ def test_plane_fit_ignores_an_object_next_to_the_cable():
     assert _angle_deg(g3.rotation[:, 2], scene.plane_normal) < 5.0
 
 
+def test_a_far_wall_behind_the_cable_is_not_its_support():
+    """A cable in the air in front of a tilted wall: the wall is not fitted, the cable's own
+    strip gives the plane when it is wide enough, the viewing ray when it is a lone wire."""
+    for width, expected in ((0.012, "plane"), (0.003, "ray")):
+        scene = render_scene(replace(SCENES["flat_straight"], width_m=width, distance_m=0.5))
+        yy, xx = np.mgrid[0:480, 0:640]
+        wall = (1.2 + 0.6 * (xx - 320) / 640).astype(np.float32)   # 40 deg off the cable's
+        depth = np.where(scene.mask, scene.depth_m, wall)
+        grasp = grasp_from_mask(scene.mask)
+        g3 = grasp_pose_from_depth(scene.mask, grasp, depth, scene.camera)
+        assert g3.ok and g3.approach_from == expected, width
+        reference = scene.plane_normal if expected == "plane" else \
+            g3.position / np.linalg.norm(g3.position)
+        assert _angle_deg(g3.rotation[:, 2], reference) < 5.0
+        assert scene.nearest_on_centerline(g3.position)[0][0] < 0.003
+
+
 def test_fit_plane_on_points():
     rng = np.random.default_rng(0)
     normal = np.array([0.2, -0.3, 1.0]) / np.linalg.norm([0.2, -0.3, 1.0])
     basis = np.linalg.svd(normal[None])[2][1:]
     pts = rng.uniform(-0.05, 0.05, (400, 2)) @ basis + np.array([0, 0, 0.7])
     outliers = pts[:100] + 0.05 * normal
-    centroid, n, inliers = fit_plane(np.r_[pts, outliers], inlier_m=0.002)
-    assert abs(abs(n @ normal) - 1) < 1e-9 and inliers == 400
-    assert abs((centroid - [0, 0, 0.7]) @ normal) < 1e-9
+    fit = fit_plane(np.r_[pts, outliers], inlier_m=0.002)
+    assert abs(abs(fit.normal @ normal) - 1) < 1e-9 and fit.inliers == 400
+    assert abs((fit.centroid - [0, 0, 0.7]) @ normal) < 1e-9
+    assert fit.spread == pytest.approx(0.1 / math.sqrt(12), rel=0.15)  # uniform over 10 cm
     line = np.outer(np.linspace(0, 1, 20), [1.0, 2.0, 3.0])
     assert fit_plane(line, 0.001) is None
     assert fit_plane(pts[:2], 0.001) is None

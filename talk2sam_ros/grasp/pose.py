@@ -3,9 +3,9 @@
 Gripper convention (a parallel-jaw gripper; frame columns of the rotation):
 
 * **z, approach**: towards the surface, away from the camera: the normal of a plane fitted
-  (robustly, to all valid depth within ``plane_radius_m``) around the grasp point; when the fit
-  is impossible or more oblique than ``max_tilt_deg`` to the viewing ray, the viewing ray
-  itself (``approach_from == "ray"``).
+  (robustly, to all valid depth within ``plane_radius_m`` in 3D) around the grasp point; when
+  the fit is impossible, narrower than ``min_plane_spread_m`` (a lone wire) or more oblique
+  than ``max_tilt_deg`` to the viewing ray, the viewing ray itself (``approach_from == "ray"``).
 * **y, along the object**: the 3D centreline tangent at the point, made perpendicular to z,
   pointing the way the pixel ``angle`` points (image right, or down for a vertical line).
 * **x = y cross z, closing**: across the object, perpendicular to its 3D tangent; the jaws
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -41,6 +42,7 @@ class Grasp3DConfig:
     plane_max_radius_px: int = 40     # ... capped in pixels (far objects, cost)
     plane_max_points: int = 1500      # the window is subsampled to about this many points
     min_plane_points: int = 12        # fewer valid readings: approach along the viewing ray
+    min_plane_spread_m: float = 0.002  # inliers narrower than this (a lone wire): the ray
     plane_inlier_m: float = 0.003     # residual floor of the robust (re-weighted) fit
     max_tilt_deg: float = 75.0        # planes more oblique to the ray are not trusted
     max_point_shift_px: float = 0.0   # the nearest centreline point with depth; 0 = any
@@ -48,8 +50,10 @@ class Grasp3DConfig:
     def __post_init__(self) -> None:
         if self.depth_radius_px < 0 or self.max_point_shift_px < 0:
             raise ValueError("depth_radius_px and max_point_shift_px must be >= 0")
-        if not self.plane_radius_m > 0 or not self.plane_inlier_m > 0:
-            raise ValueError("plane_radius_m and plane_inlier_m must be > 0")
+        if not self.plane_radius_m > 0 or not self.plane_inlier_m > 0 or \
+                self.min_plane_spread_m < 0:
+            raise ValueError("plane_radius_m and plane_inlier_m must be > 0, "
+                             "min_plane_spread_m >= 0")
         if self.plane_max_radius_px < 1 or self.plane_max_points < 3 or \
                 self.min_plane_points < 3:
             raise ValueError("plane_max_radius_px >= 1, plane_max_points and "
@@ -93,10 +97,19 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+class PlaneFit(NamedTuple):
+    """A plane fitted to points: through `centroid` with unit `normal`."""
+
+    centroid: np.ndarray
+    normal: np.ndarray
+    inliers: int
+    spread: float   # standard deviation of the inliers along the plane's narrower direction
+
+
 def fit_plane(points: np.ndarray, inlier_m: float, hypotheses: int = 64, refits: int = 3
-              ) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """Robust plane through (N, 3) points: (centroid of the inliers, unit normal, inliers),
-    or None when there is no plane (fewer than 3 points, collinear).
+              ) -> PlaneFit | None:
+    """Robust plane through (N, 3) points, or None when there is none (fewer than 3
+    points, collinear).
 
     RANSAC (as Open3D's segment_plane, vectorised: `hypotheses` planes through 3 points of a
     fixed-seed draw, the one with most points within inlier_m wins), then least-squares
@@ -117,23 +130,23 @@ def fit_plane(points: np.ndarray, inlier_m: float, hypotheses: int = 64, refits:
     normals, p0 = normals[good] / norms[good, None], p0[good]
     residual = np.abs(points @ normals.T - np.sum(p0 * normals, axis=1))
     inliers = residual[:, int(np.argmax((residual <= inlier_m).sum(axis=0)))] <= inlier_m
-    centroid = np.zeros(3)
-    normal = np.zeros(3)
+    sel, centroid, normal, values = points, np.zeros(3), np.zeros(3), np.zeros(3)
     for _ in range(refits):
         if inliers.sum() < 3:
             return None
         sel = points[inliers]
         centroid = sel.mean(axis=0)
-        spread = sel - centroid
+        offsets = sel - centroid
         # least squares = smallest eigenvector of the 3x3 scatter (cheaper than an N x 3 SVD)
-        values, vectors = np.linalg.eigh(spread.T @ spread)
+        values, vectors = np.linalg.eigh(offsets.T @ offsets)
         if values[1] <= 1e-12 * max(values[2], 1e-24):
             return None  # collinear: no plane
         normal = vectors[:, 0]
         residual = np.abs((points - centroid) @ normal)
         sigma = 1.4826 * float(np.median(residual[inliers]))
         inliers = residual <= max(inlier_m, 3.0 * sigma)
-    return centroid, normal, int(inliers.sum())
+    spread = math.sqrt(max(float(values[1]), 0.0) / max(len(sel), 1))
+    return PlaneFit(centroid, normal, int(inliers.sum()), spread)
 
 
 def _window_points(depth_m: np.ndarray, camera: CameraModel, center: np.ndarray,
@@ -158,10 +171,13 @@ def _approach(depth_m: np.ndarray, camera: CameraModel, pixel: np.ndarray,
     radius = int(np.clip(round(config.plane_radius_m * camera.fx / position[2]), 3,
                          config.plane_max_radius_px))
     points = _window_points(depth_m, camera, pixel, radius, config.plane_max_points)
+    # only the surface around the point: a wall far behind a hanging cable is no support
+    points = points[np.linalg.norm(points - position, axis=1) <= config.plane_radius_m]
     if len(points) >= config.min_plane_points:
         fit = fit_plane(points, config.plane_inlier_m)
-        if fit is not None and fit[2] >= config.min_plane_points:
-            normal = fit[1] if fit[1] @ view >= 0 else -fit[1]
+        if fit is not None and fit.inliers >= config.min_plane_points and \
+                fit.spread >= config.min_plane_spread_m:
+            normal = fit.normal if fit.normal @ view >= 0 else -fit.normal
             tilt = math.degrees(math.acos(float(np.clip(normal @ view, -1.0, 1.0))))
             if tilt <= config.max_tilt_deg:
                 return normal, "plane"
