@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from talk2sam_ros.model import build_talk2sam, load_trained_weights
+from talk2sam_ros.training.config import TrainConfig
 from talk2sam_ros.training.train import train
 from train_helpers import shared_dirs, tiny_config  # noqa: F401 (fixture)
 
@@ -24,6 +25,17 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _torchrun_two_ranks(cfg: TrainConfig, cfg_file: Path) -> subprocess.CompletedProcess:
+    """talk2sam-train under torchrun: 2 gloo processes on CPU, rendezvous on 127.0.0.1;
+    bounded: a rank left waiting in a collective hits the timeout instead of hanging."""
+    cfg_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+           "-m", "talk2sam_ros.training.train", f"--config={cfg_file}"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
 
 
 def _records(out: Path, kind: str) -> list[dict]:
@@ -38,18 +50,12 @@ def test_ddp_two_gloo_processes(shared_dirs: tuple[Path, Path], tmp_path: Path) 
     # comparison with one process is a float-rounding one. One step only: the similarity
     # branch's gradients (sums with heavy cancellation, ~1e-4 relative rounding noise) make
     # two runs drift apart visibly from the second step on, DDP or not.
-    common = dict(train_limit=4, val_limit=2, epochs=1, loss="dense", optimizer="sgd",
-                  lr=0.05, momentum=0.0, grad_clip=0.0, lr_schedule="constant",
-                  warmup_steps=0, threads=1, val_at_start=False)
+    common = dict(train_limit=4, val_limit=2, epochs=1, loss={"kind": "dense"},
+                  optimizer="sgd", lr=0.05, momentum=0.0, grad_clip=0.0,
+                  lr_schedule="constant", warmup_steps=0, threads=1, val_at_start=False)
     out = tmp_path / "ddp"
     cfg = tiny_config(data, cache, out, batch_size=2, **common)
-    cfg_file = tmp_path / "ddp.yaml"
-    cfg_file.write_text(yaml.safe_dump(cfg.to_dict()))
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           "-m", "talk2sam_ros.training.train", f"--config={cfg_file}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
+    proc = _torchrun_two_ranks(cfg, tmp_path / "ddp.yaml")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     summary = json.loads((out / "summary.json").read_text())
@@ -89,3 +95,4 @@ def test_ddp_two_gloo_processes(shared_dirs: tuple[Path, Path], tmp_path: Path) 
     ddp_val, one_val = _records(out, "val")[-1], _records(single_out, "val")[-1]
     for key in ("val_loss", "miou", "mbiou"):
         assert ddp_val[key] == pytest.approx(one_val[key], rel=1e-3, abs=1e-5), key
+
