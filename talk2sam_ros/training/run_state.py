@@ -249,7 +249,7 @@ def plot_curves(log_path: Path, out_png: Path) -> None:
         ax1.plot([r["step"] for r in va], [r["miou"] for r in va], "o-", label="val mIoU")
         ax1.plot([r["step"] for r in va], [r["mbiou"] for r in va], "s-", label="val mBIoU")
     ax0.set_xlabel("optimizer step")
-    ax0.set_ylabel("BCE + dice")
+    ax0.set_ylabel("loss (the run's loss settings)")
     ax1.set_xlabel("optimizer step")
     ax1.set_ylim(0, 1)
     for ax in (ax0, ax1):

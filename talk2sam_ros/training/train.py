@@ -223,10 +223,12 @@ class TextCache:
 # --------------------------------------------------------------------------- validation
 @torch.no_grad()
 def validate(model: Talk2SAM, samples: Sequence[Sample], texts: TextCache,
-             cache: FeatureCache | None, info: DistInfo = DistInfo(),
-             progress: bool = False) -> dict[str, float]:
-    """Dense val loss, mIoU and mBIoU of the model over ``samples`` (tight GT box, no
-    augmentation; logits > 0 vs GT > 128 at source resolution), averaged over all ranks."""
+             cache: FeatureCache | None, loss: LossConfig, info: DistInfo = DistInfo(),
+             progress: bool = False, seed: int = 0) -> dict[str, float]:
+    """Validation loss (the run's ``loss`` settings, so that it compares with the training
+    loss), mIoU and mBIoU of the model over ``samples`` (tight GT box, no augmentation;
+    logits > 0 vs GT > 128 at source resolution), averaged over all ranks. Point-sampled losses
+    draw each image's points from (seed, image index): the same points at every validation."""
     was_training = model.training
     model.eval()
     base = SegmentationDataset(samples, AugmentConfig(hflip=0.0), load_image=cache is None)
@@ -239,7 +241,8 @@ def validate(model: Talk2SAM, samples: Sequence[Sample], texts: TextCache,
         box = torch.from_numpy(box_from_mask(item["gt"])[None])
         out = model.forward_features(feats, None, box, text_embeddings=texts([item["text"]]),
                                      upsample=True)
-        value, _ = compute_loss(LossConfig(kind="dense"), model, out, feats, [item["gt"]])
+        gen = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + idx)
+        value, _ = compute_loss(loss, model, out, feats, [item["gt"]], gen)
         pred = (out.logits[0][0] > 0).cpu().numpy()
         sums[0] += float(value)
         sums[1] += mask_iou(item["gt"], pred)
@@ -426,8 +429,9 @@ class Trainer:
     def _validate_and_log(self) -> dict[str, float] | None:
         if not self.val_samples:
             return None
-        metrics = validate(self.model, self.val_samples, self.texts, self.cache, self.info,
-                           progress=self.cfg.progress and self.info.main)
+        metrics = validate(self.model, self.val_samples, self.texts, self.cache, self.cfg.loss,
+                           self.info, progress=self.cfg.progress and self.info.main,
+                           seed=self.cfg.seed)
         rec = {"kind": "val", "step": self.pos.step, "epoch": self.pos.epoch, **metrics,
                "time": time.time()}
         self.log.write(rec)
