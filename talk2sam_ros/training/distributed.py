@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_gather", "all_reduce_sum", "barrier",
+__all__ = ["DistInfo", "all_gather", "all_gather_floats", "all_reduce_sum", "barrier",
            "comm_device", "destroy", "init_distributed", "pick_device", "same_on_all_ranks"]
 
 
@@ -82,6 +82,15 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=comm_device())
     dist.all_reduce(t)
     return t.tolist()
+
+
+def all_gather_floats(value: float, info: DistInfo) -> list[float]:
+    """Every rank's ``value``, in rank order (NaN and inf arrive as they are)."""
+    if info.world == 1:
+        return [value]
+    out = [torch.zeros(1, dtype=torch.float64, device=comm_device()) for _ in range(info.world)]
+    dist.all_gather(out, torch.tensor([value], dtype=torch.float64, device=comm_device()))
+    return [float(t) for t in out]
 
 
 def all_gather(obj: Any, info: DistInfo) -> list[Any]:

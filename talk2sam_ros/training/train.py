@@ -52,8 +52,9 @@ from talk2sam_ros.model.talk2sam import ForwardOutput, ImageFeatures, Talk2SAM
 from talk2sam_ros.training.config import TrainConfig, help_text, load_config, parse_cli
 from talk2sam_ros.training.data import (AugmentConfig, Sample, SegmentationDataset,
                                         box_from_mask, collate_samples, list_many)
-from talk2sam_ros.training.distributed import (DistInfo, all_gather, all_reduce_sum, barrier,
-                                               destroy, init_distributed, pick_device,
+from talk2sam_ros.training.distributed import (DistInfo, all_gather, all_gather_floats,
+                                               all_reduce_sum, barrier, destroy,
+                                               init_distributed, pick_device,
                                                same_on_all_ranks)
 from talk2sam_ros.training.feature_cache import FeatureCache, stack_features
 from talk2sam_ros.training.losses import LossConfig, compute_loss
@@ -498,8 +499,7 @@ class Trainer:
             if not last_in_group:
                 self.train_seconds += time.perf_counter() - t0
                 continue
-            for value in (a["loss"] for a in acc):
-                self._stop_if_not_finite(value)
+            self._stop_if_not_finite([a["loss"] for a in acc])
             norm = self._optimizer_step()
             self.train_seconds += time.perf_counter() - t0
             self.steps_timed += 1
@@ -537,13 +537,21 @@ class Trainer:
         self.save_checkpoint()
         return bool(cfg.max_steps and pos.step >= cfg.max_steps)
 
-    def _stop_if_not_finite(self, value: float) -> None:
-        """Stop before the optimizer step: NaN weights would overwrite the checkpoint and the
-        export (fp16's GradScaler skips such steps by itself)."""
-        if math.isfinite(value) or self.scaler.is_enabled():
+    def _stop_if_not_finite(self, losses: list[float]) -> None:
+        """Stop every rank, before the optimizer step, when any rank's loss in this step is not
+        finite: DDP averages its NaN gradients into every rank's, and NaN weights would then
+        overwrite the checkpoint and the export. One collective, so all ranks raise together
+        with the same message (fp16's GradScaler skips such steps by itself on every rank)."""
+        if self.scaler.is_enabled():
             return
+        mine = next((v for v in losses if not math.isfinite(v)), 0.0)
+        bad = [(r, v) for r, v in enumerate(all_gather_floats(mine, self.info))
+               if not math.isfinite(v)]
+        if not bad:
+            return
+        what = ", ".join(f"{v} on rank {r}" if self.info.world > 1 else f"{v}" for r, v in bad)
         raise FloatingPointError(
-            f"non-finite training loss ({value}) at epoch {self.pos.epoch + 1}, step "
+            f"non-finite training loss ({what}) at epoch {self.pos.epoch + 1}, step "
             f"{self.pos.step + 1}; stopped before the optimizer step, the last checkpoint "
             f"{self.ckpt_path} is untouched (lower lr, set grad_clip, or check the data)")
 
