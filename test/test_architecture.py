@@ -26,8 +26,6 @@ ALLOWED = {
 # Being removed by the architecture step (issue 11); nothing may be added here.
 KNOWN_CYCLES = {
     "talk2sam_ros.tools.bench -> talk2sam_ros.tools.demo -> talk2sam_ros.tools.bench",
-    "talk2sam_ros.training.train -> talk2sam_ros.training.feature_cache -> "
-    "talk2sam_ros.training.train",
 }
 # Layers that must import without rclpy (ROS-free use: training/eval/bench on a GPU box).
 ROS_FREE = ("common", "model", "weights", "grasp", "training")

@@ -15,7 +15,8 @@ from talk2sam_ros.model import CheckpointError, Talk2SAMPredictor, build_talk2sa
 from talk2sam_ros.model.config import get_preset
 from talk2sam_ros.training.data import (Sample, box_from_mask, list_samples, read_gt,
                                         read_image)
-from talk2sam_ros.training.feature_cache import FeatureCache
+from talk2sam_ros.training.feature_cache import FeatureCache, stack_features
+from talk2sam_ros.training.losses import bce_dice_loss, similarity_loss
 from talk2sam_ros.training.train import TextCache, train, validate
 from train_helpers import shared_dirs, tiny_config  # noqa: F401 (fixture)
 
@@ -34,8 +35,8 @@ def test_training_beats_untrained_model_and_exports(shared_dirs: tuple[Path, Pat
     trained = build_talk2sam("tiny", checkpoints={"talk2sam": weights})
     cache = FeatureCache(cache_dir, untrained)
     val = list_samples(f"folder:{data}:val")
-    before = validate(untrained, val, TextCache(untrained), cache)
-    after = validate(trained, val, TextCache(trained), cache)
+    before = validate(untrained, val, TextCache(untrained), cache, cfg.loss)
+    after = validate(trained, val, TextCache(trained), cache, cfg.loss)
     assert after["val_loss"] < before["val_loss"], (before, after)
     assert after["miou"] > before["miou"], (before, after)
 
@@ -76,6 +77,39 @@ def test_training_beats_untrained_model_and_exports(shared_dirs: tuple[Path, Pat
     with pytest.raises(CheckpointError, match="different frozen encoders"):
         from talk2sam_ros.model import load_trained_weights
         load_trained_weights(other, weights)
+
+
+def test_validation_loss_is_the_runs_loss(shared_dirs: tuple[Path, Path],
+                                         tmp_path: Path) -> None:
+    """The logged val_loss (plotted beside the training loss) uses the run's loss settings:
+    its weights and the similarity term, not the defaults."""
+    data, cache_dir = shared_dirs
+    weights = {"bce_weight": 0.25, "dice_weight": 2.0, "similarity_weight": 0.5}
+    out = tmp_path / "run"
+    train(tiny_config(data, cache_dir, out, train_limit=2, val_limit=2, batch_size=2,
+                      max_steps=1, loss={"kind": "dense", **weights}))
+    records = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    step0 = next(r for r in records if r["kind"] == "val" and r["step"] == 0)
+    assert step0["val_images"] == 2
+
+    # the same loss written out from its parts, for the untrained model (what step 0 scores)
+    model = build_talk2sam("tiny")
+    cache, texts = FeatureCache(cache_dir, model), TextCache(model)
+    per_image = []
+    for s in list_samples(f"folder:{data}:val?limit=2"):
+        gt = read_gt(s.mask) > 128
+        with torch.no_grad():
+            out_s = model.forward_features(stack_features([cache.load(s)], "cpu"), None,
+                                           torch.from_numpy(box_from_mask(gt)[None]),
+                                           text_embeddings=texts([s.category]), upsample=True)
+            target = torch.from_numpy(gt.astype(np.float32))[None, None]
+            masks, _ = bce_dice_loss(out_s.logits[0][None], target, 0.25, 2.0)
+            sim = similarity_loss(model.mask_prompt.grid_logits(out_s.cosine), target)
+            default, _ = bce_dice_loss(out_s.logits[0][None], target)
+        per_image.append((float(masks + 0.5 * sim), float(default)))
+    expected, with_defaults = np.mean(per_image, axis=0)
+    assert step0["val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert abs(expected - with_defaults) > 0.05  # the settings really make a difference
 
 
 def test_feature_cache_round_trip_and_invalidation(tmp_path: Path) -> None:

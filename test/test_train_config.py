@@ -5,31 +5,47 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from talk2sam_ros.training.config import (TrainConfig, config_search_dirs, help_text,
-                                          load_config, parse_cli)
-from talk2sam_ros.training.train import lr_lambda, make_optimizer, rng_state, set_rng_state
+from talk2sam_ros.training.config import (TrainConfig, config_search_dirs, flat_config,
+                                          help_text, key_types, load_config, parse_cli)
+from talk2sam_ros.training.run_state import (RESUME_FIXED, RESUME_FREE, rng_state,
+                                             set_rng_state)
+from talk2sam_ros.training.train import lr_lambda, make_optimizer
+from train_helpers import shared_dirs  # noqa: F401 (fixture)
 
 
 def test_defaults_are_the_paper_recipe() -> None:
     cfg = TrainConfig()
     assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs) == ("sgd", 1e-3, 4, 30)
-    assert (cfg.bce_weight, cfg.dice_weight, cfg.preset) == (1.0, 1.0, "h")
+    assert (cfg.loss.bce_weight, cfg.loss.dice_weight, cfg.preset) == (1.0, 1.0, "h")
+    assert (cfg.loss.kind, cfg.loss.num_points, cfg.augment.hflip) == ("points", 12544, 0.5)
     with pytest.raises(Exception):
         cfg.lr = 1.0  # frozen
 
 
 def test_yaml_then_cli_precedence(tmp_path: Path) -> None:
     y = tmp_path / "c.yaml"
-    y.write_text("lr: 0.01\nepochs: 3\ntrain_sets: ['folder:/d:train']\nhflip: 0\n")
+    y.write_text("lr: 0.01\nepochs: 3\ntrain_sets: ['folder:/d:train']\n"
+                 "augment: {hflip: 0, crop_prob: 0.5}\nloss:\n  kind: dense\n")
     path, over = parse_cli(["--config", str(y), "--epochs=5", "--resume", "--betas=[0.8,0.9]",
-                            "--val_sets=folder:/d:val,folder:/e:val", "--out_dir=runs/1e-3"])
+                            "--val_sets=folder:/d:val,folder:/e:val", "--out_dir=runs/1e-3",
+                            "--augment.crop_prob=0.25", "--augment.multi_box",
+                            "--loss={num_points: 64}"])
     cfg = load_config(path, over)
     assert cfg.lr == 0.01 and cfg.epochs == 5 and cfg.resume is True
     assert cfg.train_sets == ("folder:/d:train",)
     assert cfg.val_sets == ("folder:/d:val", "folder:/e:val")
-    assert cfg.betas == (0.8, 0.9) and cfg.hflip == 0.0
+    assert cfg.betas == (0.8, 0.9)
     assert cfg.out_dir == "runs/1e-3"  # strings stay verbatim
+    # a section key given changes that key only: the others keep the YAML's or the default
+    assert (cfg.augment.hflip, cfg.augment.crop_prob, cfg.augment.multi_box) == (0.0, 0.25, True)
+    assert cfg.augment.crop_min == 0.6
+    assert (cfg.loss.kind, cfg.loss.num_points, cfg.loss.bce_weight) == ("dense", 64, 1.0)
+    # what a run writes (train_config.yaml, checkpoints) reads back as the same config
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert load_config(again) == cfg
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -42,7 +58,17 @@ def test_yaml_then_cli_precedence(tmp_path: Path) -> None:
     (["epochs=3"], "use --key=value"),
     (["--optimizer=rmsprop"], "optimizer='rmsprop': expected one of"),
     (["--batch_size=0"], "batch_size must be >= 1"),
-    (["--hflip=2"], "probability"),
+    (["--augment.hflip=2"], "augment.hflip is a probability"),
+    (["--loss.kind=focal"], "loss.kind='focal': expected one of"),
+    (["--loss.num_points=many"], "loss.num_points='many': expected int"),
+    (["--augment.hflp=0"], "unknown config key 'augment.hflp' .*did you mean augment.hflip"),
+    # keys from before the sections name their new spelling
+    (["--hflip=0.5"], "'hflip' is now 'augment.hflip' .*--augment.hflip="),
+    (["--num_points=512"], "'num_points' is now 'loss.num_points'"),
+    (["--loss=dense"], r"'loss' is a section now: write loss: \{kind: dense\} .*--loss.kind=dense"),
+    (["--augment=0.5"], "'augment' is a section"),
+    (["--sam_hq_checkpoint=x.pth"], "now called 'checkpoint_sam_hq'"),
+    (["--official_weights"], "was removed"),
 ])
 def test_cli_errors(argv: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -55,6 +81,15 @@ def test_yaml_unknown_key_and_presets(tmp_path: Path) -> None:
     y.write_text("epochz: 3\n")
     with pytest.raises(ValueError, match="unknown config key 'epochz'"):
         load_config(y)
+    # a YAML file in the flat layout of earlier versions: the error names the file and the
+    # new spelling
+    for text, message in (("hflip: 0.0\n", "'hflip' is now 'augment.hflip'"),
+                          ("loss: points\n", r"write loss: \{kind: points\}"),
+                          ("augment: {hflp: 0}\n", "unknown config key 'augment.hflp'"),
+                          ("augment: {hflip: 3}\n", "augment.hflip is a probability")):
+        y.write_text(text)
+        with pytest.raises(ValueError, match=f"{y}: .*{message}"):
+            load_config(y)
     assert any((d / "tiny_synthetic.yaml").is_file() for d in config_search_dirs())
     names = [p.stem for d in config_search_dirs() if d.is_dir() for p in d.glob("*.yaml")]
     assert {"tiny_synthetic", "paper_vit_h", "paper_vit_b"} <= set(names)
@@ -62,7 +97,21 @@ def test_yaml_unknown_key_and_presets(tmp_path: Path) -> None:
         assert isinstance(load_config(name), TrainConfig)
     with pytest.raises(FileNotFoundError):
         load_config("no_such_preset")
-    assert "--lr=0.001" in help_text()
+    text = help_text()
+    assert "--lr=0.001" in text and "--augment.hflip=0.5" in text
+    assert "--loss.kind='points'" in text and "--loss.similarity_weight=0.0" in text
+    assert "--hflip" not in text and "  --loss=" not in text  # no flat copies of the sections
+
+
+def test_resume_key_lists_name_real_keys() -> None:
+    keys = set(key_types())
+    assert set(RESUME_FIXED) <= keys and set(RESUME_FREE) <= keys
+    assert not set(RESUME_FIXED) & set(RESUME_FREE)
+    # a checkpoint's config from before the sections compares key by key with today's
+    old = {"lr": 0.01, "hflip": 0.0, "box_jitter": 0.1, "loss": "dense", "num_points": 64}
+    assert flat_config(old) == {"lr": 0.01, "augment.hflip": 0.0, "augment.box_jitter": 0.1,
+                                "loss.kind": "dense", "loss.num_points": 64}
+    assert set(flat_config(TrainConfig().to_dict())) == keys
 
 
 def test_lr_schedules() -> None:
@@ -100,6 +149,8 @@ def test_training_and_eval_never_import_rclpy() -> None:
     code = ("import sys\n"
             "import talk2sam_ros.training.train as t, talk2sam_ros.training.evaluate as e\n"
             "import talk2sam_ros.training.synthetic, talk2sam_ros.training.feature_cache\n"
+            "import talk2sam_ros.training.distributed, talk2sam_ros.training.run_state\n"
+            "import talk2sam_ros.training.cache_benchmark\n"
             "import talk2sam_ros.common.metrics\n"
             "assert t.main(['--help']) == 0\n"
             "t.load_config('tiny_synthetic')  # looks in the ament index too\n"
@@ -112,21 +163,66 @@ def test_training_and_eval_never_import_rclpy() -> None:
     assert "ROS []" in proc.stdout, proc.stdout[-2000:]
 
 
-def test_cli_errors_after_parsing_are_one_line(tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
-    from talk2sam_ros.training import evaluate, train
+def _one_error_line(err: str, tool: str) -> str:
+    """The one error line of a failed run (progress logging may come before it)."""
+    errors = [ln for ln in err.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and errors[0].startswith(f"{tool}: error: "), err[-3000:]
+    assert err.strip().splitlines()[-1] == errors[0] and "Traceback" not in err, err[-3000:]
+    return errors[0]
 
+
+def test_train_cli_expected_failures_are_one_line(shared_dirs: tuple[Path, Path],
+                                                  tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from talk2sam_ros.training import train
+
+    data, _ = shared_dirs
     missing = tmp_path / "no_such_data"
-    torch.use_deterministic_algorithms(False)  # torch's default
-    rc = train.main(["--preset=tiny", f"--train_sets=folder:{missing}:train", "--device=cpu",
-                     f"--out_dir={tmp_path / 'run'}", "--progress=false"])
-    assert rc == 2
-    assert f"talk2sam-train: error: dataset root not found: {missing}" in capsys.readouterr().err
-    # the run's deterministic-algorithms switch does not stay on in the calling process
-    assert not torch.are_deterministic_algorithms_enabled()
     not_weights = tmp_path / "w.pt"
     torch.save({"hello": 1}, not_weights)
-    rc = evaluate.main(["--checkpoint_talk2sam", str(not_weights), "--sets", f"folder:{missing}:val",
-                        "--out_dir", str(tmp_path / "eval"), "--no_progress"])
-    assert rc == 2
-    assert "is not a Talk2SAM trained-weights file" in capsys.readouterr().err
+    run = ["--preset=tiny", "--device=cpu", f"--out_dir={tmp_path / 'run'}",
+           "--progress=false", "--num_workers=0"]
+    ok_data = f"--train_sets=folder:{data}:train?limit=2"
+    cases = [
+        (["--lrr=0.1"], "unknown config key 'lrr'"),  # bad key
+        (["--augment.hflip=2"], "augment.hflip is a probability"),  # bad value
+        (["--hflip=0"], "'hflip' is now 'augment.hflip'"),  # old flat key
+        ([*run, f"--train_sets=folder:{missing}:train"], f"dataset root not found: {missing}"),
+        ([*run, ok_data, "--preset=b", f"--weights_dir={tmp_path / 'empty'}"],
+         "needs weight files that are not in"),  # missing weights
+        ([*run, ok_data, f"--init_weights={tmp_path / 'none.pt'}"], "none.pt"),
+        ([*run, ok_data, f"--init_weights={not_weights}"],  # refused weights
+         "is not a Talk2SAM trained-weights file"),
+    ]
+    torch.use_deterministic_algorithms(False)  # torch's default
+    for argv, message in cases:
+        assert train.main(argv) == 1, argv
+        line = _one_error_line(capsys.readouterr().err, "talk2sam-train")
+        assert message in line, (argv, line)
+    # the runs' deterministic-algorithms switch does not stay on in the calling process
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_eval_cli_expected_failures_are_one_line(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from talk2sam_ros.training import evaluate
+
+    missing = tmp_path / "no_such_data"
+    not_weights = tmp_path / "w.pt"
+    torch.save({"hello": 1}, not_weights)
+    sets = ["--sets", f"folder:{missing}:val", "--out_dir", str(tmp_path / "eval"),
+            "--no_progress"]
+    cases = [
+        (["--bogus", *sets], "unrecognized arguments: --bogus"),  # bad option
+        (["--limit=some", *sets], "argument --limit: invalid int value"),  # bad value
+        (["--preset", "tiny", "--methods", "magic", *sets], "methods ['magic']"),
+        (["--preset", "tiny", *sets], f"dataset root not found: {missing}"),
+        (["--preset", "b", "--weights_dir", str(tmp_path / "empty"), *sets],
+         "needs weight files that are not in"),  # missing weights
+        (["--checkpoint_talk2sam", str(not_weights), *sets],  # refused weights
+         "is not a Talk2SAM trained-weights file"),
+    ]
+    for argv, message in cases:
+        assert evaluate.main(argv) == 1, argv
+        line = _one_error_line(capsys.readouterr().err, "talk2sam-eval")
+        assert message in line, (argv, line)

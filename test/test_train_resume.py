@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from talk2sam_ros.model import build_talk2sam
-from talk2sam_ros.training.train import RunLog, train
+from talk2sam_ros.training.run_state import RunLog
+from talk2sam_ros.training.train import train
 from train_helpers import shared_dirs, tiny_config  # noqa: F401 (fixture)
 
 
@@ -51,8 +52,9 @@ def test_resume_after_kill_and_after_max_steps(shared_dirs: tuple[Path, Path],
     data, cache = shared_dirs
     # 6 train images, batch 2: 3 steps per epoch, 2 epochs. Point-sampled loss, box jitter
     # and a warmup + cosine schedule exercise every random and stateful part.
-    common = dict(train_limit=6, val_limit=2, batch_size=2, epochs=2, loss="points",
-                  num_points=512, box_jitter=0.1, optimizer="sgd", lr=0.05, momentum=0.9,
+    common = dict(train_limit=6, val_limit=2, batch_size=2, epochs=2,
+                  loss={"kind": "points", "num_points": 512}, augment={"box_jitter": 0.1},
+                  optimizer="sgd", lr=0.05, momentum=0.9,
                   lr_schedule="cosine", warmup_steps=2, threads=1, ckpt_every=1,
                   val_at_start=False)
     ref = train(tiny_config(data, cache, tmp_path / "ref", **common))

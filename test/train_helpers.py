@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from talk2sam_ros.training.config import TrainConfig
+from talk2sam_ros.training.config import TrainConfig, apply_overrides
+from talk2sam_ros.training.data import AugmentConfig
+from talk2sam_ros.training.losses import LossConfig
 from talk2sam_ros.training.synthetic import generate_synthetic_dataset
 
 N_IMAGES = 24  # 18 train / 6 val
@@ -27,15 +29,18 @@ def shared_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def tiny_config(data: Path, cache: Path, out_dir: Path, train_limit: int = 0,
                 val_limit: int = 0, **changes: Any) -> TrainConfig:
-    """The tiny preset on the shared synthetic data, CPU, cached features, no progress bars."""
+    """The tiny preset on the shared synthetic data, CPU, cached features, no progress bars.
+
+    ``changes`` are config overrides (apply_overrides): top-level keys, or the sections as
+    partial mappings, e.g. ``loss={"kind": "points", "num_points": 512}``."""
     train = f"folder:{data}:train" + (f"?limit={train_limit}" if train_limit else "")
     val = f"folder:{data}:val" + (f"?limit={val_limit}" if val_limit else "")
     # AdamW + clipping learns the tiny head robustly in ~20 steps (SGD at the paper's
     # settings needs far more steps than a unit test can afford)
     base = TrainConfig(preset="tiny", train_sets=(train,), val_sets=(val,), optimizer="adamw",
                        lr=1e-2, lr_schedule="cosine", warmup_steps=2, grad_clip=1.0,
-                       loss="dense", batch_size=4, epochs=1,
-                       hflip=0.0, feature_cache=True, cache_dir=str(cache),
-                       out_dir=str(out_dir), num_workers=0, progress=False, log_every=1,
-                       device="cpu")
-    return base.replace(**changes)
+                       loss=LossConfig(kind="dense"), batch_size=4, epochs=1,
+                       augment=AugmentConfig(hflip=0.0), feature_cache=True,
+                       cache_dir=str(cache), out_dir=str(out_dir), num_workers=0,
+                       progress=False, log_every=1, device="cpu")
+    return apply_overrides(base, changes)

@@ -9,7 +9,8 @@ Entry points (see docs/training.md)::
 
     cfg = load_config("tiny_synthetic", {"out_dir": "runs/tiny"})  # YAML preset + overrides
     weights = train(cfg)               # -> runs/tiny/talk2sam_weights.pt (what the node loads)
-    report = evaluate(EvalConfig(sets=("folder:runs/tiny/synthetic:val",), weights=str(weights),
+    report = evaluate(EvalConfig(sets=("folder:runs/tiny/synthetic:val",),
+                                 checkpoint_talk2sam=str(weights),
                                  out_dir="runs/tiny/eval"))
 
 Modules import torch and the model core, so this package file imports nothing itself.

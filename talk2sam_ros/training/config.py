@@ -4,31 +4,45 @@ then by ``--key=value`` command-line flags (type-checked; unknown keys are error
 Order of precedence: dataclass defaults < YAML file (``--config PATH`` or a preset name from
 ``config/train/``) < CLI flags. Values on the CLI are parsed as YAML scalars/lists
 (``--train_sets=[a,b]`` or ``--train_sets=a,b``), then checked against the field's type.
+
+The augmentation and loss settings are sections (their own dataclasses, AugmentConfig and
+LossConfig): a mapping in YAML (``augment: {hflip: 0.5}``), a dotted key on the CLI
+(``--augment.hflip=0.5``) and in :func:`apply_overrides` (``{"augment.hflip": 0.5}``, or the
+nested ``{"augment": {"hflip": 0.5}}``). Only the keys given change; the others keep the base's.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import typing
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
 from talk2sam_ros.common.resources import config_dirs
 from talk2sam_ros.model.config import DTYPE_ALIASES, DTYPE_NAMES, PRESET_NAMES
+from talk2sam_ros.training.data import AugmentConfig
+from talk2sam_ros.training.losses import LossConfig
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("constant", "step", "cosine")
 # mixed-precision dtype: the model core's dtype vocabulary (either spelling) or auto
 PRECISIONS = ("auto", *DTYPE_NAMES, *DTYPE_ALIASES)
-LOSSES = ("points", "dense")
+# TrainConfig fields that are sections (nested dataclasses), by name
+SECTIONS: dict[str, type] = {"augment": AugmentConfig, "loss": LossConfig}
 # Keys of earlier versions: a config that still uses one gets an error saying what to write.
 RENAMED = {f"{part}_checkpoint": f"checkpoint_{part}"
            for part in ("sam_hq", "dinov2", "clip", "projection")}
 REMOVED = {"official_weights": "the preset's official files are now used by default; set "
                                "allow_random_weights: true to train on random encoders"}
+# the flat keys of the augmentation and loss settings before they became sections ('loss'
+# itself, once the loss kind, is the section's name now: see _section_values)
+MOVED = {**{f.name: f"augment.{f.name}" for f in dataclasses.fields(AugmentConfig)},
+         **{f.name: f"loss.{f.name}" for f in dataclasses.fields(LossConfig)
+            if f.name != "kind"}}
 
 
 @dataclass(frozen=True)
@@ -74,23 +88,11 @@ class TrainConfig:
     grad_accum: int = 1
     grad_clip: float = 0.0  # max grad L2 norm, 0 disables (neither paper nor SAM-HQ clip)
     precision: str = "auto"  # auto: bf16 autocast on a bf16-capable GPU, fp32 on CPU
-    # ---- loss
-    loss: str = "points"  # SAM-HQ point-sampled BCE + dice, or dense at source resolution
-    num_points: int = 12544  # 112 x 112 as SAM-HQ
-    bce_weight: float = 1.0
-    dice_weight: float = 1.0
-    similarity_weight: float = 0.0  # BCE of the similarity map vs GT coverage (0: off)
-    # ---- augmentation (thin-structure safe; image-level ones are off with feature_cache)
-    hflip: float = 0.5
-    crop_prob: float = 0.0
-    crop_min: float = 0.6
-    brightness: float = 0.0
-    contrast: float = 0.0
-    saturation: float = 0.0
-    noise_std: float = 0.0
-    box_jitter: float = 0.0
-    multi_box: bool = False
-    max_parts: int = 4
+    # ---- loss (section: YAML loss: {kind: dense}, CLI --loss.kind=dense)
+    loss: LossConfig = field(default_factory=LossConfig)
+    # ---- augmentation (section; thin-structure safe; image-level ones are off with
+    # feature_cache)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     # ---- frozen-feature cache
     feature_cache: bool = False
     cache_dir: str = ""  # default <out_dir>/feature_cache
@@ -113,27 +115,24 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in (("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES),
-                              ("precision", PRECISIONS), ("loss", LOSSES),
-                              ("preset", PRESET_NAMES)):
+                              ("precision", PRECISIONS), ("preset", PRESET_NAMES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
+        for name, section in SECTIONS.items():
+            if not isinstance(getattr(self, name), section):
+                raise ValueError(f"{name} must be a {section.__name__}, got "
+                                 f"{getattr(self, name)!r}")
         if self.similarity_mode not in ("", "patch", "attention_max"):
             raise ValueError(f"similarity_mode={self.similarity_mode!r}: expected '', 'patch' "
                              "or 'attention_max'")
-        for name in ("epochs", "batch_size", "grad_accum", "num_points", "log_every"):
+        for name in ("epochs", "batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "grad_clip", "weight_decay", "momentum", "val_limit", "max_steps",
                      "ckpt_every", "val_every", "warmup_steps", "synthetic_n", "threads",
-                     "num_workers", "box_jitter", "similarity_weight",
-                     "synthetic_distractors"):
+                     "num_workers", "synthetic_distractors"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("hflip", "crop_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} is a probability, got {getattr(self, name)}")
-        if not 0.0 < self.crop_min <= 1.0:
-            raise ValueError(f"crop_min must be in (0, 1], got {self.crop_min}")
         if len(self.betas) != 2:
             raise ValueError(f"betas needs two values, got {self.betas}")
         if self.lr_step_epochs < 1:
@@ -142,28 +141,70 @@ class TrainConfig:
             raise ValueError(f"cache_dtype={self.cache_dtype!r}: one of {DTYPE_NAMES}")
 
     def replace(self, **changes: Any) -> TrainConfig:
+        """dataclasses.replace (a section is replaced whole; see apply_overrides for keys)."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
+        """Plain nested values (sections as mappings, tuples as lists): what YAML holds."""
+        return _plain(dataclasses.asdict(self))
+
+    def flat_dict(self) -> dict[str, Any]:
+        """Plain values by key, sections' fields as dotted keys (``augment.hflip``)."""
+        return flat_config(self.to_dict())
 
 
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
+def flat_config(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored config (``to_dict()``, e.g. a checkpoint's) by dotted key; also reads the flat
+    layout from before the sections existed (``hflip`` -> ``augment.hflip``)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        elif key == "loss":  # the loss kind, before the loss section
+            flat["loss.kind"] = value
+        else:
+            flat[MOVED.get(key, key)] = value
+    return flat
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return list(value) if isinstance(value, tuple) else value
+
+
+def key_types() -> dict[str, Any]:
+    """Every config key (sections' fields dotted: ``loss.kind``) -> its type."""
+    types: dict[str, Any] = {}
+    for name, typ in typing.get_type_hints(TrainConfig).items():
+        if name in SECTIONS:
+            types.update({f"{name}.{k}": t for k, t in
+                          typing.get_type_hints(SECTIONS[name]).items()})
+        else:
+            types[name] = typ
+    return types
+
+
+def _key_error(key: str, types: Mapping[str, Any]) -> ValueError:
+    """The error for a key that is not a config key: renamed, moved, removed or a typo."""
+    if key in RENAMED:
+        return ValueError(f"config key {key!r} is now called {RENAMED[key]!r}")
+    if key in MOVED:
+        section, name = MOVED[key].split(".")
+        return ValueError(f"config key {key!r} is now {MOVED[key]!r} (YAML: {section}: "
+                          f"{{{name}: ...}}; CLI: --{MOVED[key]}=...)")
+    if key in REMOVED:
+        return ValueError(f"config key {key!r} was removed: {REMOVED[key]}")
+    close = difflib.get_close_matches(key, list(types), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ValueError(f"unknown config key {key!r}{hint}")
 
 
 def coerce(key: str, value: Any) -> Any:
-    """Check/convert ``value`` for field ``key``; ValueError naming the key otherwise."""
-    types = _field_types()
-    if key in RENAMED:
-        raise ValueError(f"config key {key!r} is now called {RENAMED[key]!r}")
-    if key in REMOVED:
-        raise ValueError(f"config key {key!r} was removed: {REMOVED[key]}")
+    """Check/convert ``value`` for (dotted) key ``key``; ValueError naming the key otherwise."""
+    types = key_types()
     if key not in types:
-        close = difflib.get_close_matches(key, list(types), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown config key {key!r}{hint}")
+        raise _key_error(key, types)
     typ = types[key]
     err = ValueError(f"{key}={value!r}: expected {getattr(typ, '__name__', typ)}")
     if typing.get_origin(typ) is tuple:
@@ -214,6 +255,49 @@ def _scalar(key: str, value: Any, typ: type, err: ValueError) -> Any:
     raise err
 
 
+def _section_values(name: str, value: Any) -> Mapping[str, Any]:
+    """A section's mapping; anything else is an error saying how to write it."""
+    if isinstance(value, Mapping):
+        return value
+    if value is None:
+        return {}
+    if name == "loss":  # the loss kind, before the loss settings became a section
+        raise ValueError(f"config key 'loss' is a section now: write loss: {{kind: {value}}} "
+                         f"(CLI: --loss.kind={value})")
+    first = dataclasses.fields(SECTIONS[name])[0].name
+    raise ValueError(f"config key {name!r} is a section: a mapping such as {name}: "
+                     f"{{{first}: ...}} (CLI: --{name}.{first}=...), not {value!r}")
+
+
+def _flatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested section mappings -> dotted keys; top-level and dotted keys stay as they are."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        key = str(key)
+        if key in SECTIONS:
+            for sub, item in _section_values(key, value).items():
+                flat[f"{key}.{sub}"] = item
+        else:
+            flat[key] = value
+    return flat
+
+
+def apply_overrides(base: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """``base`` with ``overrides`` (top-level keys, dotted section keys or nested section
+    mappings; raw values are type-checked by :func:`coerce`). A bad value names its key."""
+    values = {k: coerce(k, v) for k, v in _flatten(overrides).items()}
+    top: dict[str, Any] = {k: v for k, v in values.items() if "." not in k}
+    for name in SECTIONS:
+        changes = {k.split(".", 1)[1]: v for k, v in values.items()
+                   if k.startswith(f"{name}.")}
+        if changes:
+            try:
+                top[name] = dataclasses.replace(getattr(base, name), **changes)
+            except ValueError as exc:
+                raise ValueError(f"{name}.{exc}") from None
+    return dataclasses.replace(base, **top)
+
+
 def config_search_dirs() -> list[Path]:
     """Where preset names are looked up: config/train/ of the source tree or an install."""
     return [d / "train" for d in config_dirs()]
@@ -235,23 +319,27 @@ def resolve_config_path(name: str | Path) -> Path:
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
                 base: TrainConfig | None = None) -> TrainConfig:
     """``base`` (default: TrainConfig()) updated by the YAML at ``path`` then ``overrides``."""
-    values: dict[str, Any] = {}
+    cfg = base or TrainConfig()
     if path:
         resolved = resolve_config_path(path)
         data = yaml.safe_load(resolved.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{resolved}: expected a mapping of TrainConfig keys")
-        values.update({k: coerce(k, v) for k, v in data.items()})
-    values.update({k: coerce(k, v) for k, v in (overrides or {}).items()})
-    return dataclasses.replace(base or TrainConfig(), **values)
+        try:
+            cfg = apply_overrides(cfg, data)
+        except ValueError as exc:
+            raise ValueError(f"{resolved}: {exc}") from None
+    return apply_overrides(cfg, overrides or {})
 
 
 def parse_cli(argv: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
     """``[--config PATH] [--resume] [--key=value ...]`` -> (config path, raw overrides).
 
-    Bare ``--flag`` means true for boolean fields; everything else needs ``--key=value``.
+    Section fields are dotted (``--augment.hflip=0.5``), or a whole YAML mapping is given
+    (``--augment={hflip: 0.5}``). Bare ``--flag`` means true for boolean keys; everything else
+    needs ``--key=value``.
     """
-    types = _field_types()
+    types = key_types()
     cfg_path: str | None = None
     overrides: dict[str, Any] = {}
     args = list(argv)
@@ -269,16 +357,20 @@ def parse_cli(argv: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
                 i += 1
                 raw = args[i]
             cfg_path = raw
+        elif key in SECTIONS:  # --augment='{hflip: 0.5, crop_prob: 0.3}', as in YAML
+            section = _section_values(key, yaml.safe_load(raw) if eq and raw.strip() else raw)
+            overrides.update({f"{key}.{k}": coerce(f"{key}.{k}", v)
+                              for k, v in section.items()})
+        elif key not in types:
+            raise _key_error(key, types)
         elif not eq:
-            if key not in types:
-                coerce(key, None)  # raises "unknown config key" with suggestions
             if types[key] is not bool:
                 raise ValueError(f"--{key} needs a value: --{key}=VALUE")
             overrides[key] = True
         else:
             parsed = yaml.safe_load(raw) if raw.strip() else ""
-            if types.get(key) is str or (typing.get_origin(types.get(key)) is tuple
-                                         and not raw.lstrip().startswith("[")):
+            if types[key] is str or (typing.get_origin(types[key]) is tuple
+                                     and not raw.lstrip().startswith("[")):
                 parsed = raw  # keep strings verbatim (paths, '1e-3'-like names)
             overrides[key] = coerce(key, parsed)
         i += 1
@@ -289,9 +381,20 @@ def help_text() -> str:
     """All keys with type and default, for --help."""
     lines = ["talk2sam-train [--config PATH|NAME] [--resume] [--key=value ...]", "",
              "keys (defaults = the paper's recipe):"]
-    types = _field_types()
-    for f in dataclasses.fields(TrainConfig):
-        typ = types[f.name]
+    types = key_types()
+    defaults = TrainConfig().flat_dict()
+
+    def entry(key: str) -> str:
+        typ = types[key]
         tname = getattr(typ, "__name__", str(typ).replace("typing.", ""))
-        lines.append(f"  --{f.name}={f.default!r}  ({tname})")
+        default = defaults[key]
+        return f"  --{key}={tuple(default) if isinstance(default, list) else default!r}  " \
+               f"({tname})"
+
+    lines += [entry(f.name) for f in dataclasses.fields(TrainConfig) if f.name not in SECTIONS]
+    for name, section in SECTIONS.items():
+        first = dataclasses.fields(section)[0].name
+        lines += ["", f"{name} section (YAML: {name}: {{{first}: ...}}; CLI: "
+                      f"--{name}.{first}=...):"]
+        lines += [entry(f"{name}.{f.name}") for f in dataclasses.fields(section)]
     return "\n".join(lines)

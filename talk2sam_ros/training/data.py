@@ -35,7 +35,7 @@ import csv
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -371,6 +371,11 @@ def jitter_boxes(boxes: np.ndarray, shape: tuple[int, int], rng: np.random.Gener
 
 
 # --------------------------------------------------------------------------- augmentation
+# the AugmentConfig fields that change pixels (cached features cannot follow them)
+IMAGE_LEVEL_AUGMENTATIONS = ("hflip", "crop_prob", "brightness", "contrast", "saturation",
+                             "noise_std")
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Thin-structure-safe augmentations (nothing ever downsamples the object).
@@ -393,11 +398,26 @@ class AugmentConfig:
     multi_box: bool = False
     max_parts: int = 4
 
+    def __post_init__(self) -> None:
+        for name in ("hflip", "crop_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability, got {getattr(self, name)}")
+        if not 0.0 < self.crop_min <= 1.0:
+            raise ValueError(f"crop_min must be in (0, 1], got {self.crop_min}")
+        for name in ("brightness", "contrast", "saturation", "noise_std", "box_jitter"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_parts < 1:
+            raise ValueError(f"max_parts must be >= 1, got {self.max_parts}")
+
     @property
     def image_level(self) -> bool:
         """True when an augmentation changes pixels (these are disabled by the feature cache)."""
-        return bool(self.hflip or self.crop_prob or self.brightness or self.contrast
-                    or self.saturation or self.noise_std)
+        return any(getattr(self, name) for name in IMAGE_LEVEL_AUGMENTATIONS)
+
+    def without_image_level(self) -> AugmentConfig:
+        """This config with every pixel-changing augmentation off (prompt-side ones kept)."""
+        return replace(self, **{name: 0.0 for name in IMAGE_LEVEL_AUGMENTATIONS})
 
 
 NO_AUGMENT = AugmentConfig(hflip=0.0)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from talk2sam_ros.common.cli import run_cli
 from talk2sam_ros.common.metrics import binarize_gt, boundary_iou, mask_iou
 from talk2sam_ros.model import transforms as T
 from talk2sam_ros.model.build import load_trained_weights
@@ -363,9 +364,18 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return report
 
 
+class UsageError(ValueError):
+    """A bad command line (reported as one error line, like every other expected failure)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print the usage and exit 2
+        raise UsageError(f"{message} (see --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="talk2sam-eval", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="talk2sam-eval", description=__doc__.split("\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sets", action="append", required=True, metavar="SPEC",
                    help="dataset spec kind:root[:split][?categories=&exclude=&limit=] "
                         "(repeatable)")
@@ -392,34 +402,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    """The EvalConfig a parsed command line asks for."""
+    return EvalConfig(sets=tuple(args.sets), checkpoint_talk2sam=args.checkpoint_talk2sam,
+                      preset=args.preset, weights_dir=args.weights_dir,
+                      checkpoint_sam_hq=args.checkpoint_sam_hq,
+                      checkpoint_dinov2=args.checkpoint_dinov2,
+                      checkpoint_clip=args.checkpoint_clip,
+                      checkpoint_projection=args.checkpoint_projection,
+                      allow_random_weights=args.allow_random_weights, out_dir=args.out_dir,
+                      methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                      limit=args.limit, multi_box=args.multi_box,
+                      default_category=args.default_category,
+                      dilation_ratio=args.dilation_ratio, grid_rows=args.grid_rows,
+                      device=args.device, progress=not args.no_progress)
+
+
+# what talk2sam-eval reports as one error line: bad options, specs or paths, unreadable
+# images, missing weights, files that are no weights or do not fit the encoders
+EVAL_ERRORS = (ValueError, OSError, CheckpointError, WeightsError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """talk2sam-eval entry point."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = EvalConfig(sets=tuple(args.sets), checkpoint_talk2sam=args.checkpoint_talk2sam,
-                         preset=args.preset, weights_dir=args.weights_dir,
-                         checkpoint_sam_hq=args.checkpoint_sam_hq,
-                         checkpoint_dinov2=args.checkpoint_dinov2,
-                         checkpoint_clip=args.checkpoint_clip,
-                         checkpoint_projection=args.checkpoint_projection,
-                         allow_random_weights=args.allow_random_weights,
-                         out_dir=args.out_dir,
-                         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-                         limit=args.limit, multi_box=args.multi_box,
-                         default_category=args.default_category,
-                         dilation_ratio=args.dilation_ratio, grid_rows=args.grid_rows,
-                         device=args.device, progress=not args.no_progress)
+    """talk2sam-eval entry point: 0, or 1 with one ``talk2sam-eval: error: ...`` line."""
+
+    def body() -> int:
+        cfg = config_from_args(build_parser().parse_args(argv))
         report = evaluate(cfg)
-    except (ValueError, OSError, CheckpointError, WeightsError) as exc:
-        # bad specs/paths, unreadable images, weights that do not fit the encoders
-        LOG.debug("evaluation failed", exc_info=True)
-        print(f"talk2sam-eval: error: {exc}", file=sys.stderr)
-        return 2
-    print(report["markdown"])
-    print(f"report: {Path(cfg.out_dir) / 'report.json'}")
-    return 0
+        print(report["markdown"])
+        print(f"report: {Path(cfg.out_dir) / 'report.json'}")
+        return 0
+
+    return run_cli("talk2sam-eval", body, EVAL_ERRORS)
 
 
 if __name__ == "__main__":

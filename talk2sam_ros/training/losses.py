@@ -1,16 +1,57 @@
 """Training losses: SAM-HQ's BCE + dice on mask logits, dense or point-sampled, and an optional
-term on the text-image similarity map.
+term on the text-image similarity map; :func:`compute_loss` combines them as a
+:class:`LossConfig` says (training and validation use the same one).
 
 All functions take logits (not probabilities) and float targets in [0, 1]; each mask counts once
 (mean over masks), as in SAM-HQ's ``loss_masks`` (sum over masks / number of masks).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bce_dice_loss", "dice_loss", "point_sampled_bce_dice", "sample_points",
-           "similarity_loss"]
+from talk2sam_ros.model.talk2sam import ForwardOutput, ImageFeatures, Talk2SAM
+from talk2sam_ros.model.transforms import SAM_IMAGE_SIZE
+
+__all__ = ["LOSS_KINDS", "LossConfig", "bce_dice_loss", "compute_loss", "dice_loss",
+           "point_sampled_bce_dice", "sample_points", "similarity_loss"]
+
+LOSS_KINDS = ("points", "dense")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The training loss (the ``loss:`` section of a TrainConfig).
+
+    kind: ``points`` = SAM-HQ's point-sampled BCE + dice on the 256 x 256 logits against the
+    full-resolution GT (num_points per mask), ``dense`` = BCE + dice on the logits upsampled to
+    source resolution. similarity_weight > 0 adds a BCE of the similarity map against the GT's
+    coverage of each patch.
+    """
+
+    kind: str = "points"
+    num_points: int = 12544  # 112 x 112 as SAM-HQ
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    similarity_weight: float = 0.0  # BCE of the similarity map vs GT coverage (0: off)
+
+    def __post_init__(self) -> None:
+        if self.kind not in LOSS_KINDS:
+            raise ValueError(f"kind={self.kind!r}: expected one of {LOSS_KINDS}")
+        if self.num_points < 1:
+            raise ValueError(f"num_points must be >= 1, got {self.num_points}")
+        for name in ("bce_weight", "dice_weight", "similarity_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def dense(self) -> bool:
+        """True when the loss needs the logits upsampled to source resolution."""
+        return self.kind == "dense"
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -94,3 +135,37 @@ def similarity_loss(similarity_logits: torch.Tensor, target: torch.Tensor) -> to
     """
     cover = F.adaptive_avg_pool2d(target.float(), similarity_logits.shape[-2:])
     return F.binary_cross_entropy_with_logits(similarity_logits.float(), cover)
+
+
+def compute_loss(cfg: LossConfig, model: Talk2SAM, out: ForwardOutput, feats: ImageFeatures,
+                 targets: Sequence[np.ndarray], generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean over rows of BCE + dice (``cfg.kind``), + the optional similarity term.
+
+    ``out`` is ``model``'s forward for ``feats`` (one row per target; with ``dense`` it must hold
+    the upsampled ``logits``); ``targets`` are (H, W) masks at source resolution. ``generator``
+    draws the points of the ``points`` loss. Returns the loss and its parts for logging.
+    """
+    dev = out.low_res_logits.device
+    tgts = [torch.from_numpy(np.asarray(t, np.float32))[None, None].to(dev) for t in targets]
+    total, parts = out.low_res_logits.new_zeros(()), {"bce": 0.0, "dice": 0.0}
+    for i, tgt in enumerate(tgts):
+        if cfg.dense:
+            loss_i, p = bce_dice_loss(out.logits[i][None], tgt, cfg.bce_weight, cfg.dice_weight)
+        else:
+            extent = (feats.input_sizes[i].float() / SAM_IMAGE_SIZE)[None].to(dev)
+            loss_i, p = point_sampled_bce_dice(out.low_res_logits[i:i + 1], tgt,
+                                               cfg.num_points, extent, generator=generator,
+                                               bce_weight=cfg.bce_weight,
+                                               dice_weight=cfg.dice_weight)
+        total = total + loss_i
+        parts["bce"] += p["bce"] / len(tgts)
+        parts["dice"] += p["dice"] / len(tgts)
+    total = total / len(tgts)
+    if cfg.similarity_weight > 0 and out.cosine is not None:
+        sim_logits = model.mask_prompt.grid_logits(out.cosine)
+        sims = [similarity_loss(sim_logits[i:i + 1], tgts[i]) for i in range(len(tgts))]
+        sim = torch.stack(sims).mean()
+        total = total + cfg.similarity_weight * sim
+        parts["similarity"] = float(sim.detach())
+    return total, parts

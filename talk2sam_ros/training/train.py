@@ -3,152 +3,82 @@ SAM-HQ HQ decoder parts) with frozen CLIP / DINOv2 / SAM-HQ encoders.
 
     talk2sam-train --config tiny_synthetic --out_dir=runs/tiny
     talk2sam-train --config paper_vit_h --train_sets=thinobject5k:data/ThinObject5K:train
+    talk2sam-train --config ... --loss.kind=dense --augment.hflip=0   # section keys, dotted
     talk2sam-train --config ... --resume                    # continue exactly where it stopped
     torchrun --nproc_per_node=4 -m talk2sam_ros.training.train --config ...   # DDP
 
-Library use: ``train(cfg) -> Path`` of the exported weights file (what the node loads).
-Outputs in ``out_dir``: ``checkpoint.pt`` (full training state, atomically replaced every
-``ckpt_every`` steps and at every epoch end), ``talk2sam_weights.pt`` (final export: trainable
-parts + model config + encoder fingerprint, via ``save_trained_weights``),
-``talk2sam_weights_best.pt`` (best validation mIoU), ``log.jsonl`` (train losses and validation
-metrics), ``curves.png``, ``train_config.yaml`` and ``summary.json``.
+Library use: ``train(cfg) -> Path`` of the exported weights file (what the node loads as
+``checkpoint_talk2sam``). Outputs in ``out_dir``: ``checkpoint.pt`` (full training state,
+atomically replaced every ``ckpt_every`` steps and at every epoch end; run_state.py),
+``talk2sam_weights.pt`` (final export: trainable parts + model config + encoder fingerprint, via
+``save_trained_weights``), ``talk2sam_weights_best.pt`` (best validation mIoU), ``log.jsonl``
+(train losses and validation metrics), ``curves.png``, ``train_config.yaml`` and
+``summary.json``.
 
 Exact resume (also after ``kill -9``): the checkpoint holds the trainable weights, optimizer,
 LR scheduler, grad scaler, the torch/CUDA/numpy/python RNG states and the data position
 (epoch, micro-batch). Data order is a function of (seed, epoch) (DistributedSampler), each
 sample's augmentation a function of (seed, epoch, index) and the loss's point sampling a
 function of (seed, epoch, micro-batch, rank), so the resumed run replays exactly the batches,
-augmentations and points of the uninterrupted one. Never imports rclpy.
+augmentations and points of the uninterrupted one. The process group and collectives are in
+distributed.py. Never imports rclpy.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
+from talk2sam_ros.common.cli import run_cli
 from talk2sam_ros.common.metrics import boundary_iou, mask_iou
 from talk2sam_ros.model.build import build_talk2sam, save_trained_weights
-from talk2sam_ros.model.checkpoints import (CheckpointError, atomic_torch_save,
-                                            safe_torch_load)
 from talk2sam_ros.model.config import dtype_name, get_preset
+from talk2sam_ros.model.errors import CheckpointError
 from talk2sam_ros.model.talk2sam import ForwardOutput, ImageFeatures, Talk2SAM
-from talk2sam_ros.model.transforms import SAM_IMAGE_SIZE
-from talk2sam_ros.training.config import (TrainConfig, help_text, load_config, parse_cli)
+from talk2sam_ros.training.config import TrainConfig, help_text, load_config, parse_cli
 from talk2sam_ros.training.data import (AugmentConfig, Sample, SegmentationDataset,
                                         box_from_mask, collate_samples, list_many)
+from talk2sam_ros.training.distributed import (DistInfo, all_gather, all_gather_floats,
+                                               all_reduce_sum, barrier, destroy,
+                                               init_distributed, pick_device,
+                                               same_on_all_ranks)
 from talk2sam_ros.training.feature_cache import FeatureCache, stack_features
-from talk2sam_ros.training.losses import (bce_dice_loss, point_sampled_bce_dice,
-                                          similarity_loss)
+from talk2sam_ros.training.losses import LossConfig, compute_loss
+from talk2sam_ros.training.run_state import (CHECKPOINT_NAME, Position, RunIdentity, RunLog,
+                                             TrainingState, plot_curves, read_checkpoint,
+                                             restore_checkpoint, rng_state, save_checkpoint,
+                                             seed_everything, train_set_id)
 from talk2sam_ros.weights import WeightsError, resolve_checkpoints
 
 LOG = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
 WEIGHTS_NAME = "talk2sam_weights.pt"
 BEST_WEIGHTS_NAME = "talk2sam_weights_best.pt"
 LOG_NAME = "log.jsonl"
 PLOT_NAME = "curves.png"
-CHECKPOINT_VERSION = 1
-# --resume refuses a change of these: the data order and position (seed, batch, accumulation,
-# training set) would no longer line up with the checkpoint, and the optimizer's
-# hyper-parameters come back from its saved state, so a new value would be silently ignored
-RESUME_FIXED = ("seed", "batch_size", "grad_accum", "train_sets", "synthetic_n",
-                "synthetic_size", "synthetic_dir", "synthetic_distractors", "optimizer", "lr",
-                "momentum", "weight_decay", "betas")
-# ... and may change these without a word (how the run is executed and reported)
-RESUME_FREE = ("resume", "max_steps", "progress", "num_workers", "threads", "out_dir",
-               "ckpt_every", "log_every", "val_every", "val_at_start", "device",
-               "keep_epoch_weights")
+# what talk2sam-train reports as one error line: bad config or data, missing or refused
+# weights and checkpoints, a refused resume, a diverged run
+TRAIN_ERRORS = (ValueError, OSError, CheckpointError, WeightsError, FloatingPointError)
 
 __all__ = ["TrainConfig", "load_config", "train", "main", "build_model_for",
            "validate", "WEIGHTS_NAME"]
 
 
-# --------------------------------------------------------------------------- distributed
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    initialized_here: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_kind: str) -> DistInfo:
-    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local)
-    backend = "nccl" if device_kind == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, init_method="env://")
-    return DistInfo(rank, world, local, True)
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.world > 1:
-        dist.barrier()
-
-
-def _comm_device() -> torch.device:
-    """Where collective tensors must live: NCCL only moves CUDA tensors, gloo CPU ones."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
-    if info.world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def _all_gather(obj: Any, info: DistInfo) -> list[Any]:
-    """``obj`` of every rank, in rank order (a one-item list without DDP)."""
-    if info.world == 1:
-        return [obj]
-    out: list[Any] = [None] * info.world
-    dist.all_gather_object(out, obj)
-    return out
-
-
 # --------------------------------------------------------------------------- setup helpers
-def pick_device(name: str, info: DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", info.local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    return dev
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for the trainable forward (None: plain fp32)."""
     if device.type != "cuda":
@@ -157,16 +87,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     name = dtype_name(precision)
     return None if name == "float32" else getattr(torch, name)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
 
 
 def checkpoint_paths(cfg: TrainConfig) -> dict[str, Path]:
@@ -191,14 +111,12 @@ def build_model_for(cfg: TrainConfig, device: torch.device | str = "cpu",
 
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
-    # TrainConfig repeats AugmentConfig's fields flat (for --key=value overrides)
-    aug = AugmentConfig(**{f.name: getattr(cfg, f.name) for f in fields(AugmentConfig)})
-    if cfg.feature_cache and aug.image_level:
+    """The run's augmentation: cfg.augment, without the image-level part with feature_cache."""
+    if cfg.feature_cache and cfg.augment.image_level:
         LOG.warning("feature_cache: image-level augmentations (hflip, crop, brightness, "
                     "contrast, saturation, noise) are disabled; box jitter / multi-box stay")
-        aug = replace(aug, hflip=0.0, crop_prob=0.0, brightness=0.0, contrast=0.0,
-                      saturation=0.0, noise_std=0.0)
-    return aug
+        return cfg.augment.without_image_level()
+    return cfg.augment
 
 
 def resolve_datasets(cfg: TrainConfig, info: DistInfo) -> tuple[list[Sample], list[Sample]]:
@@ -215,7 +133,7 @@ def resolve_datasets(cfg: TrainConfig, info: DistInfo) -> tuple[list[Sample], li
                                        image_size=cfg.synthetic_size,
                                        distractor_prob=cfg.synthetic_distractors,
                                        progress=cfg.progress)
-        _barrier(info)
+        barrier(info)
         train_sets = (f"folder:{root}:train",)
         val_sets = val_sets or (f"folder:{root}:val",)
     train_samples = list_many(train_sets)
@@ -303,49 +221,20 @@ class TextCache:
         return torch.stack([self.table[t] for t in texts])
 
 
-def compute_loss(cfg: TrainConfig, model: Talk2SAM, out: ForwardOutput, feats: ImageFeatures,
-                 targets: list[np.ndarray], generator: torch.Generator | None,
-                 dense: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean over rows of BCE + dice (dense at source resolution, or SAM-HQ point-sampled on
-    the 256 x 256 logits against the full-resolution GT), + the optional similarity term."""
-    dev = out.low_res_logits.device
-    tgts = [torch.from_numpy(t.astype(np.float32))[None, None].to(dev) for t in targets]
-    total, parts = out.low_res_logits.new_zeros(()), {"bce": 0.0, "dice": 0.0}
-    for i, tgt in enumerate(tgts):
-        if dense:
-            loss_i, p = bce_dice_loss(out.logits[i][None], tgt, cfg.bce_weight, cfg.dice_weight)
-        else:
-            extent = (feats.input_sizes[i].float() / SAM_IMAGE_SIZE)[None].to(dev)
-            loss_i, p = point_sampled_bce_dice(out.low_res_logits[i:i + 1], tgt,
-                                               cfg.num_points, extent, generator=generator,
-                                               bce_weight=cfg.bce_weight,
-                                               dice_weight=cfg.dice_weight)
-        total = total + loss_i
-        parts["bce"] += p["bce"] / len(tgts)
-        parts["dice"] += p["dice"] / len(tgts)
-    total = total / len(tgts)
-    if cfg.similarity_weight > 0 and out.cosine is not None:
-        sim_logits = model.mask_prompt.grid_logits(out.cosine)
-        sims = [similarity_loss(sim_logits[i:i + 1], tgts[i]) for i in range(len(tgts))]
-        sim = torch.stack(sims).mean()
-        total = total + cfg.similarity_weight * sim
-        parts["similarity"] = float(sim.detach())
-    return total, parts
-
-
 # --------------------------------------------------------------------------- validation
 @torch.no_grad()
 def validate(model: Talk2SAM, samples: Sequence[Sample], texts: TextCache,
-             cache: FeatureCache | None, info: DistInfo = DistInfo(),
-             progress: bool = False) -> dict[str, float]:
-    """Dense val loss, mIoU and mBIoU of the model over ``samples`` (tight GT box, no
-    augmentation; logits > 0 vs GT > 128 at source resolution), averaged over all ranks."""
+             cache: FeatureCache | None, loss: LossConfig, info: DistInfo = DistInfo(),
+             progress: bool = False, seed: int = 0) -> dict[str, float]:
+    """Validation loss (the run's ``loss`` settings, so that it compares with the training
+    loss), mIoU and mBIoU of the model over ``samples`` (tight GT box, no augmentation;
+    logits > 0 vs GT > 128 at source resolution), averaged over all ranks. Point-sampled losses
+    draw each image's points from (seed, image index): the same points at every validation."""
     was_training = model.training
     model.eval()
     base = SegmentationDataset(samples, AugmentConfig(hflip=0.0), load_image=cache is None)
     mine = list(range(info.rank, len(samples), info.world))
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, iou, biou, count
-    cfg = TrainConfig(loss="dense")
     for idx in tqdm(mine, desc="validate", unit="img", leave=False, disable=not progress):
         item = base[idx]
         feats = (stack_features([cache.load(samples[idx])], model.device) if cache
@@ -353,19 +242,20 @@ def validate(model: Talk2SAM, samples: Sequence[Sample], texts: TextCache,
         box = torch.from_numpy(box_from_mask(item["gt"])[None])
         out = model.forward_features(feats, None, box, text_embeddings=texts([item["text"]]),
                                      upsample=True)
-        loss, _ = compute_loss(cfg, model, out, feats, [item["gt"]], None, dense=True)
+        gen = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + idx)
+        value, _ = compute_loss(loss, model, out, feats, [item["gt"]], gen)
         pred = (out.logits[0][0] > 0).cpu().numpy()
-        sums[0] += float(loss)
+        sums[0] += float(value)
         sums[1] += mask_iou(item["gt"], pred)
         sums[2] += boundary_iou(item["gt"], pred)
         sums[3] += 1
     model.train(was_training)
-    loss, iou, biou, n = _all_reduce_sum(sums, info)
+    total, iou, biou, n = all_reduce_sum(sums, info)
     n = max(n, 1.0)
-    return {"val_loss": loss / n, "miou": iou / n, "mbiou": biou / n, "val_images": int(n)}
+    return {"val_loss": total / n, "miou": iou / n, "mbiou": biou / n, "val_images": int(n)}
 
 
-# --------------------------------------------------------------------------- schedule / state
+# --------------------------------------------------------------------------- optimisation
 def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):  # noqa: ANN201 (a closure)
     """Multiplier of the base LR after `step` optimizer steps: linear warmup, then constant,
     StepLR-like decay every lr_step_epochs epochs, or cosine to 0 at the end."""
@@ -392,113 +282,6 @@ def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.
     return klass(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
-def rng_state() -> dict[str, Any]:
-    """torch / CUDA / numpy / python RNG states as weights_only-loadable objects."""
-    np_state = np.random.get_state(legacy=False)
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"bit_generator": np_state["bit_generator"],
-                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]),
-                  "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state({"bit_generator": n["bit_generator"],
-                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@dataclass
-class Position:
-    """Where training is: epoch, micro-batches done in it, optimizer steps overall."""
-
-    epoch: int = 0
-    micro: int = 0
-    step: int = 0
-    best_miou: float = -1.0
-
-
-# --------------------------------------------------------------------------- logging / plots
-class RunLog:
-    """JSONL log (rank 0). On resume, records after the resumed step are dropped."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
-
-    def truncate_after(self, step: int) -> None:
-        if not self.enabled or not self.path.is_file():
-            return
-        keep = [json.dumps(r) for r in self.records() if r.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        tmp.replace(self.path)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def records(self) -> list[dict[str, Any]]:
-        """The parsed records; a line torn by a crash (power loss mid-append) is skipped."""
-        if not self.path.is_file():
-            return []
-        out = []
-        for ln in self.path.read_text().splitlines():
-            try:
-                rec = json.loads(ln) if ln.strip() else None
-            except json.JSONDecodeError:
-                LOG.warning("%s: skipping an unreadable line %r", self.path, ln[:80])
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-        return out
-
-
-def plot_curves(log_path: Path, out_png: Path) -> None:
-    """Train loss and validation loss / mIoU / mBIoU against the optimizer step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs = RunLog(log_path, True).records()
-    tr = [r for r in recs if r.get("kind") == "train"]
-    va = [r for r in recs if r.get("kind") == "val"]
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.8))
-    if tr:
-        ax0.plot([r["step"] for r in tr], [r["loss"] for r in tr], label="train loss", lw=1)
-    if va:
-        ax0.plot([r["step"] for r in va], [r["val_loss"] for r in va], "o-", label="val loss")
-        ax1.plot([r["step"] for r in va], [r["miou"] for r in va], "o-", label="val mIoU")
-        ax1.plot([r["step"] for r in va], [r["mbiou"] for r in va], "s-", label="val mBIoU")
-    ax0.set_xlabel("optimizer step")
-    ax0.set_ylabel("BCE + dice")
-    ax1.set_xlabel("optimizer step")
-    ax1.set_ylim(0, 1)
-    for ax in (ax0, ax1):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # an empty axis (no validation yet) has none
-            ax.legend(loc="best")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out_png)
-
-
 # --------------------------------------------------------------------------- trainer
 class Trainer:
     """One training run (one process of a possibly distributed run)."""
@@ -511,19 +294,26 @@ class Trainer:
         kind = "cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or \
             cfg.device.startswith("cuda") else "cpu"
         self.info = init_distributed(kind)
+        try:
+            self._setup(cfg)
+        except BaseException:
+            destroy(self.info)  # a failed set-up leaves no process group behind
+            raise
+
+    def _setup(self, cfg: TrainConfig) -> None:
         self.device = pick_device(cfg.device, self.info)
         seed_everything(cfg.seed + self.info.rank, cfg.deterministic)
         self.amp = autocast_dtype(cfg.precision, self.device)
-        enc_dtype = self.amp or torch.float32
-        self.model = build_model_for(cfg, self.device, enc_dtype)
-        counts = self.model.parameter_counts()
+        # the weights first: a missing or refused file is the error even when the data is
+        # missing too (the hostile-file checks rely on it)
+        self.model = build_model_for(cfg, self.device, self.amp or torch.float32)
+        self.train_samples, self.val_samples = resolve_datasets(cfg, self.info)
+        self.counts = self.model.parameter_counts()
         if self.info.main:
             self.out.mkdir(parents=True, exist_ok=True)
             LOG.info("parameters: %s trainable of %s total (%.2f%%)",
-                     f"{counts['trainable']:,}", f"{counts['total']:,}",
-                     100.0 * counts["trainable"] / max(1, counts["total"]))
-        self.counts = counts
-        self.train_samples, self.val_samples = resolve_datasets(cfg, self.info)
+                     f"{self.counts['trainable']:,}", f"{self.counts['total']:,}",
+                     100.0 * self.counts["trainable"] / max(1, self.counts["total"]))
         self.cache = None
         if cfg.feature_cache:
             root = Path(cfg.cache_dir or self.out / "feature_cache")
@@ -550,6 +340,8 @@ class Trainer:
             self.optimizer, lr_lambda(cfg, self.steps_per_epoch))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.pos = Position()
+        self.state = TrainingState(self.model, self.optimizer, self.scheduler, self.scaler,
+                                   self.pos)
         self.log = RunLog(self.out / LOG_NAME, self.info.main)
         self.train_seconds = 0.0  # data loading + forward/backward/step, this process
         self.steps_timed = 0
@@ -560,76 +352,23 @@ class Trainer:
     def ckpt_path(self) -> Path:
         return self.out / CHECKPOINT_NAME
 
-    def _train_set_id(self) -> str:
-        """sha1 of the ordered training samples and their texts (the data order is a
-        permutation of this list)."""
-        keys = "\n".join(f"{s.key}\t{s.category}" for s in self.train_samples)
-        return hashlib.sha1(keys.encode()).hexdigest()
+    def _identity(self) -> RunIdentity:
+        return RunIdentity(self.model.encoder_fingerprint, self.info.world, self.cfg.to_dict(),
+                           train_set_id(self.train_samples))
 
     def save_checkpoint(self) -> None:
         """Called on every rank at the same points (collects each rank's RNG state); rank 0
-        writes the file atomically."""
-        rngs = _all_gather(rng_state(), self.info)
-        if not self.info.main:
-            return
-        atomic_torch_save({
-            "version": CHECKPOINT_VERSION,
-            "trainable": {k: v.detach().cpu() for k, v in
-                          self.model.trainable_state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "position": {"epoch": self.pos.epoch, "micro": self.pos.micro,
-                         "step": self.pos.step, "best_miou": self.pos.best_miou},
-            "rng": rngs,  # one per rank
-            "world": self.info.world,
-            "train_set": {"images": len(self.train_samples), "sha1": self._train_set_id()},
-            "fingerprint": self.model.encoder_fingerprint,
-            "config": self.cfg.to_dict(),
-        }, self.ckpt_path)
+        writes the file."""
+        rngs = all_gather(rng_state(), self.info)
+        if self.info.main:
+            save_checkpoint(self.ckpt_path, self.state, self._identity(), rngs)
 
     def load_checkpoint(self) -> bool:
         if not self.ckpt_path.is_file():
             LOG.warning("resume: no checkpoint in %s, starting from scratch", self.out)
             return False
-        ck = safe_torch_load(self.ckpt_path, "resume")
-        if ck.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"{self.ckpt_path}: checkpoint version {ck.get('version')}, "
-                             f"expected {CHECKPOINT_VERSION}")
-        if ck["fingerprint"] != self.model.encoder_fingerprint:
-            raise ValueError(f"{self.ckpt_path} was trained on other frozen encoders")
-        if ck["world"] != self.info.world:
-            raise ValueError(f"{self.ckpt_path} was written by {ck['world']} processes; resume "
-                             f"with the same number (now {self.info.world})")
-        now = self.cfg.to_dict()
-        changed = sorted(k for k, v in ck["config"].items()
-                         if k not in RESUME_FREE and now.get(k) != v)
-        fixed = [k for k in changed if k in RESUME_FIXED]
-        if fixed:
-            raise ValueError(
-                f"{self.ckpt_path}: cannot resume exactly with changed "
-                + ", ".join(f"{k} ({ck['config'][k]!r} -> {now[k]!r})" for k in fixed)
-                + "; resume with the checkpoint's values, or start a new run in another "
-                "out_dir with init_weights pointing at this run's weights file")
-        if changed:
-            LOG.warning("resume: config differs from the checkpoint's in %s", changed)
-        train_set = ck.get("train_set")
-        if train_set and train_set["sha1"] != self._train_set_id():
-            raise ValueError(
-                f"{self.ckpt_path}: the training set changed since the checkpoint "
-                f"({train_set['images']} images then, {len(self.train_samples)} now, or other "
-                "files): the data order cannot be continued exactly")
-        with torch.no_grad():
-            state = self.model.state_dict()
-            for k, v in ck["trainable"].items():
-                state[k].copy_(v)
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
-        self.scaler.load_state_dict(ck["scaler"])
-        p = ck["position"]
-        self.pos = Position(p["epoch"], p["micro"], p["step"], p["best_miou"])
-        rngs = ck["rng"] if isinstance(ck["rng"], list) else [ck["rng"]] * self.info.world
-        set_rng_state(rngs[self.info.rank])
+        ck = read_checkpoint(self.ckpt_path, self._identity())
+        restore_checkpoint(ck, self.state, self.info.rank)
         self.log.truncate_after(self.pos.step)
         LOG.info("resumed from %s at epoch %d, micro-batch %d, step %d", self.ckpt_path,
                  self.pos.epoch, self.pos.micro, self.pos.step)
@@ -671,10 +410,8 @@ class Trainer:
         amp = (torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext())
         with ctx:
             with amp:
-                out = self.forward(feats, text_emb, torch.from_numpy(boxes),
-                                   cfg.loss == "dense")
-            loss, parts = compute_loss(cfg, self.model, out, feats, targets, gen,
-                                       dense=cfg.loss == "dense")
+                out = self.forward(feats, text_emb, torch.from_numpy(boxes), cfg.loss.dense)
+            loss, parts = compute_loss(cfg.loss, self.model, out, feats, targets, gen)
             self.scaler.scale(loss * scale).backward()
         return {"loss": float(loss.detach()), **parts}
 
@@ -693,8 +430,9 @@ class Trainer:
     def _validate_and_log(self) -> dict[str, float] | None:
         if not self.val_samples:
             return None
-        metrics = validate(self.model, self.val_samples, self.texts, self.cache, self.info,
-                           progress=self.cfg.progress and self.info.main)
+        metrics = validate(self.model, self.val_samples, self.texts, self.cache, self.cfg.loss,
+                           self.info, progress=self.cfg.progress and self.info.main,
+                           seed=self.cfg.seed)
         rec = {"kind": "val", "step": self.pos.step, "epoch": self.pos.epoch, **metrics,
                "time": time.time()}
         self.log.write(rec)
@@ -718,7 +456,7 @@ class Trainer:
         if self.cache is not None:
             mine = (self.train_samples + self.val_samples)[self.info.rank::self.info.world]
             self.cache.build(self.model, mine, progress=cfg.progress and self.info.main)
-            _barrier(self.info)
+            barrier(self.info)
         self.cache_seconds = time.perf_counter() - t_cache
         t_start = time.time()
         if not resumed:
@@ -737,7 +475,7 @@ class Trainer:
             self._write_summary(elapsed, stopped)
             if self.log.records():
                 plot_curves(self.log.path, self.out / PLOT_NAME)
-        _barrier(self.info)
+        barrier(self.info)
         return final
 
     def _run_epoch(self) -> bool:
@@ -757,18 +495,11 @@ class Trainer:
             group_size = min(cfg.grad_accum, self.micro_per_epoch - group_start)
             last_in_group = pos.micro + 1 == group_start + group_size
             acc.append(self._micro_step(batch, 1.0 / group_size, sync=last_in_group))
-            if not math.isfinite(acc[-1]["loss"]) and not self.scaler.is_enabled():
-                # stop before the optimizer step: NaN weights would overwrite the checkpoint
-                # and the export (fp16's GradScaler skips such steps by itself)
-                raise FloatingPointError(
-                    f"non-finite training loss ({acc[-1]['loss']}) at epoch {pos.epoch + 1}, "
-                    f"step {pos.step + 1}; stopped before the optimizer step, the last "
-                    f"checkpoint {self.ckpt_path} is untouched (lower lr, set grad_clip, or "
-                    "check the data)")
             pos.micro += 1
             if not last_in_group:
                 self.train_seconds += time.perf_counter() - t0
                 continue
+            self._stop_if_not_finite([a["loss"] for a in acc])
             norm = self._optimizer_step()
             self.train_seconds += time.perf_counter() - t0
             self.steps_timed += 1
@@ -781,7 +512,7 @@ class Trainer:
             if pos.step % cfg.log_every == 0 or pos.step == 1:
                 # the logged losses are the mean over all ranks (as the averaged gradients)
                 keys = sorted(stats)
-                sums = _all_reduce_sum([stats[k] for k in keys], self.info)
+                sums = all_reduce_sum([stats[k] for k in keys], self.info)
                 stats = {k: v / self.info.world for k, v in zip(keys, sums)}
                 self.log.write({"kind": "train", "step": pos.step, "epoch": pos.epoch,
                                 "lr": self.scheduler.get_last_lr()[0], "grad_norm": norm,
@@ -806,18 +537,28 @@ class Trainer:
         self.save_checkpoint()
         return bool(cfg.max_steps and pos.step >= cfg.max_steps)
 
+    def _stop_if_not_finite(self, losses: list[float]) -> None:
+        """Stop every rank, before the optimizer step, when any rank's loss in this step is not
+        finite: DDP averages its NaN gradients into every rank's, and NaN weights would then
+        overwrite the checkpoint and the export. One collective, so all ranks raise together
+        with the same message (fp16's GradScaler skips such steps by itself on every rank)."""
+        if self.scaler.is_enabled():
+            return
+        mine = next((v for v in losses if not math.isfinite(v)), 0.0)
+        bad = [(r, v) for r, v in enumerate(all_gather_floats(mine, self.info))
+               if not math.isfinite(v)]
+        if not bad:
+            return
+        what = ", ".join(f"{v} on rank {r}" if self.info.world > 1 else f"{v}" for r, v in bad)
+        raise FloatingPointError(
+            f"non-finite training loss ({what}) at epoch {self.pos.epoch + 1}, step "
+            f"{self.pos.step + 1}; stopped before the optimizer step, the last checkpoint "
+            f"{self.ckpt_path} is untouched (lower lr, set grad_clip, or check the data)")
+
     def _ranks_in_sync(self) -> bool:
         """True when every rank holds the same trainable weights (DDP kept them in step)."""
-        if self.info.world == 1:
-            return True
-        dev = _comm_device()
-        flat = torch.cat([p.detach().float().flatten().to(dev)
-                          for p in self.model.trainable_parameters()])
-        ref = flat.clone()
-        dist.broadcast(ref, src=0)
-        diff = (flat - ref).abs().max().reshape(1)
-        dist.all_reduce(diff, op=dist.ReduceOp.MAX)
-        return float(diff) == 0.0
+        return same_on_all_ranks(torch.cat([p.detach().float().flatten() for p in
+                                            self.model.trainable_parameters()]), self.info)
 
     def _write_summary(self, elapsed: float, stopped: bool) -> None:
         vals = [r for r in self.log.records() if r.get("kind") == "val"]
@@ -837,8 +578,7 @@ class Trainer:
         tmp.replace(self.out / "summary.json")
 
     def close(self) -> None:
-        if self.info.initialized_here and dist.is_initialized():
-            dist.destroy_process_group()
+        destroy(self.info)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -861,32 +601,22 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """talk2sam-train entry point."""
+    """talk2sam-train entry point: 0, or 1 with one ``talk2sam-train: error: ...`` line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(help_text())
         return 0
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stdout)
-    try:
+
+    def body() -> int:
         path, overrides = parse_cli(argv)
-        cfg = load_config(path, overrides)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"talk2sam-train: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        weights = train(cfg)
-    except (ValueError, OSError, CheckpointError, WeightsError, FloatingPointError) as exc:
-        # bad data paths/specs, unreadable images, checkpoints that do not fit, refused resume,
-        # diverged training
-        LOG.debug("training failed", exc_info=True)
-        print(f"talk2sam-train: error: {exc}", file=sys.stderr)
-        return 2
-    if rank == 0:
-        print(f"weights: {weights}")
-    return 0
+        weights = train(load_config(path, overrides))
+        if rank == 0:
+            print(f"weights: {weights}")
+        return 0
+
+    return run_cli("talk2sam-train", body, TRAIN_ERRORS,
+                   level=logging.INFO if rank == 0 else logging.WARNING)
 
 
 if __name__ == "__main__":
