@@ -100,7 +100,6 @@ export ROS_LOCALHOST_ONLY="\${ROS_LOCALHOST_ONLY:-1}"
 # Fast DDS profile that keeps camera-size frames from being dropped (docs/transport.md);
 # a profile the user set already wins
 export FASTDDS_DEFAULT_PROFILES_FILE="\${FASTDDS_DEFAULT_PROFILES_FILE:-$ROOT/config/fastdds_images.xml}"
-export FASTRTPS_DEFAULT_PROFILES_FILE="\${FASTRTPS_DEFAULT_PROFILES_FILE:-\$FASTDDS_DEFAULT_PROFILES_FILE}"
 # <<< talk2sam_ros <<<
 ACTIVATE
 

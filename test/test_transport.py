@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from talk2sam_ros.common.transport import (PROFILE_ENV_VARS, SequenceGaps, images_profile,
-                                           profile_environment)
+from talk2sam_ros.common.transport import (PROFILE_ENV_VARS, SequenceGaps, chosen_profile,
+                                           images_profile, profile_environment)
 from talk2sam_ros.tools import transport as tb
 
 NS = {"f": "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"}
@@ -55,13 +55,30 @@ def test_count_frames():
     assert tb.count_frames([], sent=3).missing == 3
 
 
-def test_profile_environment_sets_and_clears_both_names():
+def test_summary_table_adds_up_repeats():
+    row = {"profile": "none", "profile_on": "both", "reliability": "best_effort", "depth": 5}
+    rows = [{**row, "size": "640x480", "received": 3, "sent": 100, "received_pct": 3.0},
+            {**row, "size": "640x480", "received": 5, "sent": 100, "received_pct": 5.0},
+            {**row, "size": "1280x720", "error": "subscriber did not start"}]
+    lines = tb.summary_table(rows).splitlines()
+    assert lines[0] == "| profile | loaded by | reliability | depth | 640x480 | 1280x720 |"
+    assert lines[2] == "| none | both | best_effort | 5 | 4.0 % (8/200; worst run 3 %) | error |"
+
+
+def test_profile_environment_sets_the_distros_variable_only():
     base = {"PATH": "/bin", PROFILE_ENV_VARS[1]: "/old.xml"}
     env = profile_environment(Path("config/x.xml"), base)
-    assert {env[v] for v in PROFILE_ENV_VARS} == {str(Path("config/x.xml").resolve())}
-    assert env["PATH"] == "/bin" and base[PROFILE_ENV_VARS[1]] == "/old.xml"  # a copy
-    cleared = profile_environment(None, base)
-    assert not set(PROFILE_ENV_VARS) & set(cleared) and cleared["PATH"] == "/bin"
+    assert env == {"PATH": "/bin", PROFILE_ENV_VARS[0]: str(Path("config/x.xml").resolve())}
+    assert base[PROFILE_ENV_VARS[1]] == "/old.xml"  # a copy
+    jazzy = profile_environment(Path("/p.xml"), {"ROS_DISTRO": "jazzy"})
+    assert jazzy == {"ROS_DISTRO": "jazzy", PROFILE_ENV_VARS[1]: "/p.xml"}
+    assert profile_environment(None, base) == {"PATH": "/bin"}
+
+
+def test_chosen_profile_keeps_the_users_own():
+    assert chosen_profile({}) == images_profile()
+    assert chosen_profile({PROFILE_ENV_VARS[0]: ""}) == images_profile()
+    assert chosen_profile({PROFILE_ENV_VARS[1]: "/etc/mine.xml"}) == Path("/etc/mine.xml")
 
 
 def test_shipped_profile_is_installed_and_well_formed():

@@ -12,9 +12,11 @@ from pathlib import Path
 from talk2sam_ros.common.resources import find_config
 
 PROFILE_FILE = "fastdds_images.xml"  # in config/
-# Fast DDS 3.x (Kilted) reads the first variable, 2.x (Humble, Jazzy) the second; setting
-# both makes one profile file work on every distribution.
+# Fast DDS 3 (Kilted and later) reads the first variable, Fast DDS 2 (Humble, Jazzy) the
+# second. Only one is set: Kilted's rmw_fastrtps also reads the old one, but logs a
+# deprecation warning in every process that has it.
 PROFILE_ENV_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")  # $ROS_DISTRO of apt installs; unset on PyPI
 
 
 def images_profile() -> Path:
@@ -22,16 +24,33 @@ def images_profile() -> Path:
     return find_config(PROFILE_FILE)
 
 
+def profile_variable(env: Mapping[str, str] | None = None) -> str:
+    """The variable this ROS distribution's Fast DDS reads (by $ROS_DISTRO in `env`)."""
+    distro = (os.environ if env is None else env).get("ROS_DISTRO", "").lower()
+    return PROFILE_ENV_VARS[1] if distro in FAST_DDS_2_DISTROS else PROFILE_ENV_VARS[0]
+
+
+def profile_variables(profile: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment that makes Fast DDS load `profile`: {variable: absolute path}."""
+    return {profile_variable(env): str(Path(profile).resolve())}
+
+
+def chosen_profile(env: Mapping[str, str] | None = None) -> Path:
+    """The profile a user already set in `env` (default: os.environ), else the shipped one."""
+    env = os.environ if env is None else env
+    own = next((env[v] for v in PROFILE_ENV_VARS if env.get(v)), None)
+    return Path(own) if own else images_profile()
+
+
 def profile_environment(profile: Path | None,
                         base: Mapping[str, str] | None = None) -> dict[str, str]:
     """A copy of `base` (default: os.environ) with the Fast DDS profile variables set to
     `profile`, or removed for None (Fast DDS defaults). Fast DDS reads them once, when a
-    process creates its first participant, so they belong in a child process's environment."""
-    env = {k: v for k, v in (os.environ if base is None else base).items()
-           if k not in PROFILE_ENV_VARS}
-    if profile is not None:
-        env.update(dict.fromkeys(PROFILE_ENV_VARS, str(Path(profile).resolve())))
-    return env
+    process creates its first participant, so they belong in a child process's environment
+    (or in os.environ before rclpy.init)."""
+    base = os.environ if base is None else base
+    env = {k: v for k, v in base.items() if k not in PROFILE_ENV_VARS}
+    return env if profile is None else {**env, **profile_variables(profile, base)}
 
 
 class SequenceGaps:

@@ -155,7 +155,7 @@ def run_publisher(case: Case, timeout_s: float, settle_s: float = 1.0) -> dict[s
     try:
         node = rclpy.create_node("t2s_transport_pub")
         pub = node.create_publisher(Image, TOPIC, _qos(case.reliability, case.depth))
-        own_shm = sum(shm_segments().values())  # before any peer's segment is mapped
+        own_shm = max(shm_segments().values(), default=0)  # its own, before peers'
         deadline = time.monotonic() + timeout_s
         while pub.get_subscription_count() < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -216,7 +216,7 @@ def run_subscriber(case: Case, timeout_s: float) -> dict[str, Any]:
             event_callbacks=SubscriptionEventCallbacks(message_lost=on_lost))
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        own_shm = sum(shm_segments().values())  # before any peer's segment is mapped
+        own_shm = max(shm_segments().values(), default=0)  # its own, before peers'
         print("subscribed", flush=True)
         deadline = time.monotonic() + timeout_s
         matched = gone = False
@@ -427,6 +427,33 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Frames received over all runs of each case (the figure for the README): total and the
+    worst run, per profile x size (columns) and reliability / depth / profile side (rows)."""
+    def key(row: Mapping[str, Any]) -> tuple:
+        return row["profile"], row["profile_on"], row["reliability"], row["depth"]
+
+    sizes = list(dict.fromkeys(r["size"] for r in rows))
+    cells: dict[tuple, dict[str, list[Mapping[str, Any]]]] = {}
+    for row in rows:
+        cells.setdefault(key(row), {}).setdefault(row["size"], []).append(row)
+
+    def cell(runs: list[Mapping[str, Any]]) -> str:
+        ok = [r for r in runs if "error" not in r]
+        if not ok:
+            return "error"
+        got, sent = sum(r["received"] for r in ok), sum(r["sent"] for r in ok)
+        worst = min(r["received_pct"] for r in ok)
+        return f"{100.0 * got / sent:.1f} % ({got}/{sent}; worst run {worst:g} %)"
+
+    lines = ["| profile | loaded by | reliability | depth | " + " | ".join(sizes) + " |",
+             "|---|---|---|---|" + "---|" * len(sizes)]
+    lines += [f"| {p} | {side} | {rel} | {depth} | "
+              + " | ".join(cell(by_size.get(size, [])) for size in sizes) + " |"
+              for (p, side, rel, depth), by_size in cells.items()]
+    return "\n".join(lines)
+
+
 def machine_load() -> str:
     with contextlib.suppress(OSError):
         return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -514,7 +541,7 @@ def _main(args: argparse.Namespace) -> int:
               f"{os.environ.get('ROS_DOMAIN_ID', '0')}, discovery range "
               f"{os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE', 'default')}; "
               f"{os.cpu_count()} CPUs, {load_before} before, {machine_load()} after.")
-    table = markdown_table(rows)
+    table = f"{summary_table(rows)}\n\nEach run:\n\n{markdown_table(rows)}"
     print(f"\n{header}\n\n{table}")
     (args.out / "transport.md").write_text(f"{header}\n\n{table}\n")
     (args.out / "transport.json").write_text(json.dumps(
