@@ -63,6 +63,7 @@ setup(
             "talk2sam-demo = talk2sam_ros.tools.demo:main",
             "talk2sam-weights = talk2sam_ros.tools.weights:main",
             "talk2sam-bench = talk2sam_ros.tools.bench:main",
+            "talk2sam-transport-bench = talk2sam_ros.tools.transport:main",
         ],
     },
 )

@@ -97,6 +97,9 @@ export LD_LIBRARY_PATH="$INST/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 # keep DDS discovery on this machine unless the user says otherwise
 export ROS_AUTOMATIC_DISCOVERY_RANGE="\${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 export ROS_LOCALHOST_ONLY="\${ROS_LOCALHOST_ONLY:-1}"
+# Fast DDS profile that keeps camera-size frames from being dropped (docs/transport.md);
+# a profile the user set already wins
+export FASTDDS_DEFAULT_PROFILES_FILE="\${FASTDDS_DEFAULT_PROFILES_FILE:-$ROOT/config/fastdds_images.xml}"
 # <<< talk2sam_ros <<<
 ACTIVATE
 

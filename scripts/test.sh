@@ -7,6 +7,10 @@ cd "$ROOT"
 [ -f .venv/bin/activate ] || { echo "no .venv: run ./scripts/setup.sh first" >&2; exit 1; }
 set +u; source .venv/bin/activate; set -u
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_LOCALHOST_ONLY=1
+# the shipped Fast DDS profile for images (docs/transport.md), whatever the shell had
+# (the Fast DDS 2 variable only adds a deprecation warning to every log on Kilted)
+export FASTDDS_DEFAULT_PROFILES_FILE=$ROOT/config/fastdds_images.xml
+unset FASTRTPS_DEFAULT_PROFILES_FILE
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((RANDOM % 100 + 1))}
 export PYTHONUNBUFFERED=1
 python -m pytest "$@"
