@@ -1,10 +1,12 @@
-"""Helpers for tests that talk to real ROS 2 processes over DDS on loopback."""
+"""Helpers for tests that talk to real ROS 2 processes over DDS on loopback: the processes and
+waits of talk2sam_ros.tools.harness, with the tests' defaults (run from the checkout).
+
+The harness is imported in the functions: tests that only need REPO do not load rclpy.
+"""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,37 +15,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 def spin_until(executor, done: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
     """Spin `executor` until `done()` or `timeout` seconds pass; bounded in time and count."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 10):
-        if done():
-            return True
-        if time.monotonic() > deadline:
-            break
-        executor.spin_once(timeout_sec=step)
-    return done()
+    from talk2sam_ros.tools.harness import spin_until as harness_spin_until
+
+    return harness_spin_until(executor, done, timeout, step)
 
 
-def start_python(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start `python args...` from this venv with the test's ROS environment; output to `log`."""
+def start_python(args: list[str], log: Path, env: dict | None = None):
+    """Start `python args...` from this venv in the checkout; output to `log`."""
+    from talk2sam_ros.tools.harness import start_process
+
     full_env = dict(os.environ if env is None else env)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    fh = open(log, "w")  # closed by stop()
-    proc = subprocess.Popen([sys.executable, *args], stdout=fh, stderr=subprocess.STDOUT,
-                            env=full_env, cwd=REPO)
-    proc._t2s_log = fh  # type: ignore[attr-defined]
-    return proc
+    return start_process([sys.executable, *args], log, full_env, cwd=REPO)
 
 
-def stop(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+def stop(proc, timeout: float = 10.0) -> int:
     """Interrupt a process started by start_python and wait for it (kill if it hangs)."""
-    if proc.poll() is None:
-        proc.send_signal(2)  # SIGINT: rclpy nodes shut down cleanly
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-    fh = getattr(proc, "_t2s_log", None)
-    if fh is not None:
-        fh.close()
-    return proc.returncode
+    from talk2sam_ros.tools.harness import stop_process
+
+    return stop_process(proc, timeout)

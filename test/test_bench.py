@@ -13,14 +13,6 @@ import pytest
 from talk2sam_ros.tools import bench
 
 
-def test_summarize_matches_numpy():
-    values = [5.0, 1.0, 3.0, 9.0, 7.0]
-    s = bench.summarize(values)
-    assert s["median"] == np.median(values) and s["p90"] == np.percentile(values, 90)
-    assert (s["min"], s["max"], s["n"]) == (1.0, 9.0, 5)
-    assert bench.summarize([]) == {"n": 0}
-
-
 def test_frames_and_boxes_fit_the_requested_size():
     frames = bench.bench_frames((160, 120), 3)
     assert [f.shape for f in frames] == [(120, 160, 3)] * 3

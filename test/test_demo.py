@@ -14,21 +14,25 @@ import cv2
 import numpy as np
 import pytest
 
-from talk2sam_ros.tools import demo
+from talk2sam_ros.tools import demo, harness
 from talk2sam_ros.weights import ENV_DIR, trained_weights_path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_node_arguments_and_params_file():
-    args = demo.NodeSettings(preset="b", device="cuda", dtype="bf16",
-                             checkpoints={"talk2sam": "/w/head.pt"}).ros_args()
+    from talk2sam_ros.ros.params import PARAM_BY_NAME
+
+    args = harness.NodeSettings(preset="b", device="cuda", dtype="bf16",
+                                checkpoints={"talk2sam": "/w/head.pt"}).ros_args()
     assert args[:3] == ["--ros-args", "-r", "__node:=talk2sam"]
     params = dict(a.split(":=", 1) for a in args[4::2])
+    assert set(params) <= set(PARAM_BY_NAME)  # spelled as the node's parameter table
     assert params["preset"] == "b" and params["dtype"] == "bfloat16"
     assert params["checkpoint_talk2sam"] == "/w/head.pt"
     assert "allow_random_weights" not in params  # real presets need their files
-    bench_like = dict(a.split(":=", 1) for a in demo.NodeSettings(preset="h").ros_args()[4::2])
+    bench_like = dict(a.split(":=", 1)
+                      for a in harness.NodeSettings(preset="h").ros_args()[4::2])
     assert bench_like["allow_random_weights"] == "true"
     assert demo.preset_from_params_file(REPO / "config" / "talk2sam.yaml") == "b"
 
@@ -42,9 +46,9 @@ def test_image_messages_decode():
     rng = np.random.default_rng(0)
     mask = rng.random((7, 9)) > 0.5
     rgb = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
-    assert np.array_equal(demo._image_array(conv.mask_to_msg(mask, Header(), bridge)) > 127,
+    assert np.array_equal(demo.image_array(conv.mask_to_msg(mask, Header(), bridge)) > 127,
                           mask)
-    assert np.array_equal(demo._image_array(conv.rgb_to_bgr8_msg(rgb, Header(), bridge)), rgb)
+    assert np.array_equal(demo.image_array(conv.rgb_to_bgr8_msg(rgb, Header(), bridge)), rgb)
 
 
 @pytest.mark.slow
@@ -99,8 +103,60 @@ def test_real_preset_without_weights_is_a_clear_error(tmp_path, ros_domain, monk
                     "--stream-seconds", "0", "--timeout", "120", "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
-    assert err[-1].startswith("talk2sam-demo: error: the node could not load the model")
-    assert "talk2sam-weights download --preset b" in err[-1]
+    assert len(err) == 1, err
+    assert err[0].startswith("talk2sam-demo: error: the node could not load the model")
+    assert "talk2sam-weights download --preset b" in err[0]
+
+
+def test_configure_failure_reason_comes_from_the_node_not_its_log(tmp_path, ros_domain):
+    """The harness reads the lifecycle state and the node's /diagnostics, not the log text:
+    with the node's output thrown away it still names the missing files."""
+    settings = harness.NodeSettings(preset="b", checkpoints_from_cache=True,
+                                    extra={"weights_dir": str(tmp_path / "empty")})
+    with pytest.raises(harness.NodeError) as failed:
+        with harness.NodeHarness(settings, os.devnull, timeout_s=120):
+            pass
+    message = str(failed.value)
+    assert message.startswith("the node could not load the model: ")
+    assert f"talk2sam-weights download --preset b --dir {tmp_path / 'empty'}" in message
+
+
+def test_harness_configures_and_activates_a_node_without_autostart(tmp_path, ros_domain):
+    """autostart false (e.g. in a parameter file): the harness drives the lifecycle itself."""
+    settings = harness.NodeSettings(extra={"autostart": False})
+    with harness.NodeHarness(settings, tmp_path / "node.log", timeout_s=150) as h:
+        assert h.client.state() == "active"
+        h.set_prompt("person", np.array([[10, 10, 80, 100]], np.float32))
+        answer = h.send_and_wait(np.zeros((120, 160, 3), np.uint8))
+    assert answer is not None and answer.result.prompt_id == 1
+    assert answer.outputs["mask"].width == 160 and answer.latency_ms > 0
+    assert "autostart is false" in (tmp_path / "node.log").read_text()
+
+
+@pytest.mark.slow
+def test_the_trained_head_is_stored_with_the_trainers_atomic_save(tmp_path, monkeypatch):
+    """Defect 9: the cached head must survive a crash or power loss whole, so its data and
+    the rename into the cache folder are fsynced (as atomic_torch_save does)."""
+    from talk2sam_ros.model.build import trained_weights_config
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    budget = demo.TrainBudget(images=6, image_size=64, epochs=1, max_steps=2)
+    target = demo.ensure_trained_tiny(tmp_path / "cache", budget, progress=False)
+    assert target == trained_weights_path("tiny", cache_dir=tmp_path / "cache")
+    assert trained_weights_config(target).preset == "tiny"  # a whole, loadable head
+    folder = str(target.parent)
+    assert any(Path(p).parent == target.parent and target.name in Path(p).name
+               for p in synced), synced  # the data, before the rename
+    assert folder in synced, synced  # the rename itself
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name,
+                                                               "tiny_synthetic_run"]
 
 
 def test_user_images_and_video_become_frames(tmp_path):

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from talk2sam_ros.common.metrics import boundary_iou, mask_iou
+from talk2sam_ros.common.timing import Stopwatch
 from talk2sam_ros.model import Talk2SAMPredictor, build_talk2sam, save_trained_weights
 from talk2sam_ros.training.data import box_from_mask, list_samples, read_gt, read_image
 from talk2sam_ros.training.evaluate import (METHODS, EvalConfig, encode, evaluate, main,
-                                            run_method, _Clock)
+                                            run_method)
 from train_helpers import shared_dirs  # noqa: F401 (fixture)
 
 
@@ -72,7 +73,7 @@ def test_eval_matches_predictor_and_summaries(shared_dirs: tuple[Path, Path],
     # and Talk2SAM's depend on the text.
     s = list_samples(spec)[0]
     rgb, gt = read_image(s.image), read_gt(s.mask) > 128
-    feats = encode(model, rgb, _Clock(model.device), dino=True)
+    feats = encode(model, rgb, Stopwatch().start(), dino=True)
     box = box_from_mask(gt)[None]
     with torch.no_grad():
         emb_a, emb_b = model.encode_texts(["cable"]), model.encode_texts(["fence"])

@@ -1,10 +1,35 @@
-"""What every console tool shares: logging set-up, one-line errors, sizes for humans."""
+"""What every console tool shares: logging set-up, one-line errors, signals, sizes for humans.
+
+A tool's main() is ``return run_cli(prog, lambda: body(argv), errors)`` with its argparse
+parser a :class:`CliParser`: bad options, the tool's expected failures and interrupts each end
+with one stderr line and a fixed exit code (docs/tools.md).
+"""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # argparse's code for bad options
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+class UsageError(ValueError):
+    """A bad command line (unknown option, bad value): one line, exit 2."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing the usage block and exiting, so
+    run_cli reports a bad option in one line like any other error (--help still prints)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
 
 
 def human_size(n: int | None) -> str:
@@ -41,18 +66,44 @@ def cli_logging(level: int = logging.INFO) -> Iterator[None]:
         root.setLevel(old_level)
 
 
+@contextlib.contextmanager
+def interrupt_on_termination() -> Iterator[None]:
+    """SIGTERM / SIGHUP (kill, a closing terminal, a supervisor) act like Ctrl-C while the
+    block runs: KeyboardInterrupt unwinds the `with` blocks, so child processes (the node) are
+    stopped and partial files kept as after Ctrl-C. Main thread only (signal API)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def run_cli(prog: str, body: Callable[[], int], errors: tuple[type[BaseException], ...],
             level: int = logging.INFO, interrupted: str = "interrupted") -> int:
-    """Run a console tool's `body` with cli_logging: one of `errors` (the tool's expected
-    failures: bad input, missing or refused files) becomes exactly one stderr line
-    ``<prog>: error: <one-line message>`` and exit code 1; Ctrl-C gives ``<prog>:
-    <interrupted>`` and 130. Anything else is a bug and keeps its traceback."""
+    """Run a console tool's `body` with cli_logging and interrupt_on_termination.
+
+    One of `errors` (the tool's expected failures: bad input, missing or refused files)
+    becomes exactly one stderr line ``<prog>: error: <one-line message>`` and exit code 1; a
+    UsageError (CliParser) the same line and code 2; Ctrl-C, SIGTERM or SIGHUP ``<prog>:
+    <interrupted>`` and 130. Anything else is a bug and keeps its traceback.
+    """
     try:
-        with cli_logging(level):
+        with cli_logging(level), interrupt_on_termination():
             return body()
+    except UsageError as exc:
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except errors as exc:
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

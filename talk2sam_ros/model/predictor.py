@@ -7,20 +7,19 @@ import dataclasses
 import itertools
 import logging
 import threading
-import time
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from talk2sam_ros.common.boxes import check_boxes
+from talk2sam_ros.common.timing import timed
 
 from . import transforms as T
 from .similarity import boxes_from_similarity, cosine_to_unit, head_embeddings, l2_normalize
 from .talk2sam import Talk2SAM
+from .timing import device_sync
 
 log = logging.getLogger(__name__)
 _PREDICTOR_IDS = itertools.count()
@@ -94,18 +93,18 @@ class Talk2SAMPredictor:
     def set_image(self, image: np.ndarray) -> str:
         """Encode an RGB uint8 H x W x 3 image once; returns the new frame key."""
         model = self.model
-        dev = model.device
+        sync = device_sync(model.device)
         timings: dict[str, float] = {}
         image = T.check_rgb(image)
-        with _timer(timings, "preprocess", dev):
+        with timed(timings, "preprocess", sync):
             sam_in, input_size = T.sam_preprocess(image, model.device, model.encoder_dtype)
             dino_in = T.dino_preprocess(image, model.config.dino.img_size, model.device,
                                         model.encoder_dtype)
-        with _timer(timings, "sam_encode", dev):
+        with timed(timings, "sam_encode", sync):
             emb, interm0 = model.encode_sam(sam_in)
-        with _timer(timings, "dino_encode", dev):
+        with timed(timings, "dino_encode", sync):
             patches, attn = model.encode_dino(dino_in)
-        with _timer(timings, "frame_cache", dev):
+        with timed(timings, "frame_cache", sync):
             hq_state = _hq_weights_state(model)
             hq_feats = model.hq_features(emb, interm0)
             patches_n = l2_normalize(patches)
@@ -178,6 +177,7 @@ class Talk2SAMPredictor:
         if frame.embedding.device != dev:
             raise RuntimeError(f"the model moved to {dev} after set_image (frame cached on "
                                f"{frame.embedding.device}): call set_image again")
+        sync = device_sync(dev)
         timings: dict[str, float] = {}
         boxes_np = None if boxes is None else check_boxes(boxes, frame.original_size)
         frame = self._refresh_hq_features(frame, timings)
@@ -186,21 +186,21 @@ class Talk2SAMPredictor:
         dense = None
         from_text = False
         if text is not None:
-            with _timer(timings, "text", dev):
+            with timed(timings, "text", sync):
                 proj = model.project_text(self.text_embedding(text).to(dev))
-            with _timer(timings, "similarity", dev):
+            with timed(timings, "similarity", sync):
                 cos, _ = model.cosine_grid(proj, frame.patches_n, frame.head_emb, frame.attn)
                 unit_grid = cosine_to_unit(cos)
                 similarity = T.grid_to_source(unit_grid, frame.original_size)[0, 0]
             if boxes_np is None:
-                with _timer(timings, "text_boxes", dev):
+                with timed(timings, "text_boxes", sync):
                     boxes_np = self._boxes_from_grid(unit_grid[0, 0].cpu().numpy(),
                                                      frame.original_size)
                 from_text = True
-            with _timer(timings, "mask_prompt", dev):
+            with timed(timings, "mask_prompt", sync):
                 dense = model.mask_prompt(model.mask_prompt.to_prompt(cos, [frame.input_size]))
         assert boxes_np is not None
-        with _timer(timings, "prompt", dev):
+        with timed(timings, "prompt", sync):
             boxes_sam = T.boxes_to_sam(boxes_np, frame.original_size, dev)
             sparse, no_mask = model.box_prompt(boxes_sam)
             if dense is None:
@@ -208,10 +208,10 @@ class Talk2SAMPredictor:
                 if mask_input is not None:
                     dense = model.sam.prompt_encoder._embed_masks(
                         _check_mask_input(mask_input, dev))
-        with _timer(timings, "decode", dev):
+        with timed(timings, "decode", sync):
             low_res, iou = model.decode(frame.embedding, frame.hq_feats, sparse, dense,
                                         multimask_output, hq_token_only)
-        with _timer(timings, "postprocess", dev):
+        with timed(timings, "postprocess", sync):
             logits = T.low_res_to_source(low_res, frame.input_size, frame.original_size)[:, 0]
             logits_np = logits.float().cpu().numpy()
             result = Prediction(
@@ -235,7 +235,7 @@ class Talk2SAMPredictor:
         state = _hq_weights_state(self.model)
         if state == frame.hq_state:
             return frame
-        with _timer(timings, "frame_refresh", self.model.device):
+        with timed(timings, "frame_refresh", device_sync(self.model.device)):
             hq_feats = self.model.hq_features(frame.embedding, frame.interm0)
         fresh = dataclasses.replace(frame, hq_feats=hq_feats, hq_state=state)
         with self._lock:
@@ -272,19 +272,3 @@ def _check_mask_input(mask_input: np.ndarray, device: torch.device) -> torch.Ten
         raise ValueError(f"mask_input must be finite 256 x 256 (or 1 x 256 x 256) logits, "
                          f"got shape {np.asarray(mask_input).shape}")
     return torch.as_tensor(arr, device=device)[None]
-
-
-@contextmanager
-def _timer(timings: dict[str, float], name: str, device: torch.device | None = None
-           ) -> Iterator[None]:
-    """Add the wall time of the block to timings[name] (ms); syncs CUDA so GPU work counts."""
-    sync = device is not None and device.type == "cuda"
-    if sync:
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        if sync:
-            torch.cuda.synchronize(device)
-        timings[name] = timings.get(name, 0.0) + (time.perf_counter() - start) * 1e3

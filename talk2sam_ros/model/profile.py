@@ -5,7 +5,6 @@ the figure the per-frame cache is for (target >= 50 on CPU with the `b` preset).
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -13,21 +12,18 @@ import torch
 from skimage import data
 from skimage.transform import resize
 
+from talk2sam_ros.common.timing import Stopwatch, summarize
+
 from .build import DTYPES, build_talk2sam
 from .predictor import Talk2SAMPredictor
 from .talk2sam import Talk2SAM
+from .timing import device_sync
 
 
 def sample_image(image_size: tuple[int, int] = (480, 640)) -> np.ndarray:
     """A natural RGB uint8 image (skimage's CC0 astronaut) resized to (h, w)."""
     img = resize(data.astronaut(), image_size, order=1, anti_aliasing=True, preserve_range=True)
     return np.ascontiguousarray(img.astype(np.uint8))
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    return {"median_ms": float(np.median(arr)), "p90_ms": float(np.percentile(arr, 90)),
-            "n": int(arr.size)}
 
 
 def profile_predictor(preset: str = "tiny", device: str = "cpu",
@@ -55,11 +51,12 @@ def profile_predictor(preset: str = "tiny", device: str = "cpu",
     def add(name: str, ms: float) -> None:
         samples.setdefault(name, []).append(ms)
 
+    watch = Stopwatch(device_sync(model.device))
     for i in range(warmup + runs):
         record = i >= warmup
-        start = time.perf_counter()
+        watch.start()
         pred.set_image(image)
-        set_ms = (time.perf_counter() - start) * 1e3
+        set_ms = watch.lap()
         cold = pred.predict(f"object number {i}", boxes)  # new text: cold text encoder
         cached = pred.predict("object number 0", boxes)  # cached text, cached frame
         box_only = pred.predict(None, boxes)
@@ -77,7 +74,7 @@ def profile_predictor(preset: str = "tiny", device: str = "cpu",
         add("predict_box_only", sum(box_only.timings.values()))
         add("predict_text_only", sum(text_only.timings.values()))
         add("full_frame", set_ms + sum(cached.timings.values()))
-    stages = {name: _stats(vals) for name, vals in samples.items()}
+    stages = {name: summarize(vals, ("median", "p90"), "_ms") for name, vals in samples.items()}
     extra = stages["predict_text_boxes"]["median_ms"]
     return {
         "preset": model.config.preset,

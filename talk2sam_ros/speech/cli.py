@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from talk2sam_ros.common.cli import CliParser, UsageError, run_cli
 from talk2sam_ros.speech.grammar import default_vocabulary_path, load_vocabulary
 from talk2sam_ros.speech.params import PARAM_BY_NAME, speech_config_from_params
 from talk2sam_ros.speech.recognizer import Recognition, SpeechPipeline, SpeechRecognizer
 from talk2sam_ros.speech.synth import read_wav, synthesize
 
+PROG = "talk2sam-say-to-prompt"
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="talk2sam-say-to-prompt", description=__doc__.split(
+    p = CliParser(prog=PROG, description=__doc__.split(
         "\n")[0].split(": ", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("wav", nargs="*", help="PCM WAV files (8/16/32-bit, any rate, mono or "
                    "multi-channel)")
@@ -63,36 +66,38 @@ def _line(name: str, r: Recognition) -> str:
     return f"{name} [{span}] nothing published: {r.reason} (confidence {r.confidence:.2f})"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _say_to_prompt(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if not args.wav and not args.say:
-        _parser().error("give WAV files or --say TEXT")
-    try:
-        cfg = speech_config_from_params({
-            name: getattr(args, name) for name in ("mode", "min_confidence",
-                                                   "confidence_scale", "max_utterance_s",
-                                                   "vad_mode")})
-        vocab = load_vocabulary(args.vocabulary or default_vocabulary_path())
-        recognizer = SpeechRecognizer(vocab, cfg.recognizer)
-        for name, samples, rate in _sources(args):
-            pipeline = SpeechPipeline(recognizer, cfg.segmenter)
-            results = list(pipeline.run(samples, rate))
-            if not results and not args.json:
-                print(f"{name}: no speech found")
-            for r in results:
-                if args.json:
-                    print(json.dumps({"source": name, "category": r.category,
-                                      "transcript": r.transcript,
-                                      "confidence": round(r.confidence, 4),
-                                      "words": list(r.words), "accepted": r.accepted,
-                                      "reason": r.reason, "start_s": round(r.start_s, 3),
-                                      "duration_s": round(r.duration_s, 3)}))
-                else:
-                    print(_line(name, r))
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"talk2sam-say-to-prompt: error: {exc}", file=sys.stderr)
-        return 1
+        raise UsageError("give WAV files or --say TEXT")
+    cfg = speech_config_from_params({
+        name: getattr(args, name) for name in ("mode", "min_confidence",
+                                               "confidence_scale", "max_utterance_s",
+                                               "vad_mode")})
+    vocab = load_vocabulary(args.vocabulary or default_vocabulary_path())
+    recognizer = SpeechRecognizer(vocab, cfg.recognizer)
+    for name, samples, rate in _sources(args):
+        pipeline = SpeechPipeline(recognizer, cfg.segmenter)
+        results = list(pipeline.run(samples, rate))
+        if not results and not args.json:
+            print(f"{name}: no speech found")
+        for r in results:
+            if args.json:
+                print(json.dumps({"source": name, "category": r.category,
+                                  "transcript": r.transcript,
+                                  "confidence": round(r.confidence, 4),
+                                  "words": list(r.words), "accepted": r.accepted,
+                                  "reason": r.reason, "start_s": round(r.start_s, 3),
+                                  "duration_s": round(r.duration_s, 3)}))
+            else:
+                print(_line(name, r))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Unreadable WAV files, a bad vocabulary or parameter value, espeak-ng failing.
+    return run_cli(PROG, lambda: _say_to_prompt(argv), (OSError, ValueError, RuntimeError),
+                   logging.WARNING)
 
 
 if __name__ == "__main__":

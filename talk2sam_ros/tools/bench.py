@@ -1,6 +1,7 @@
 """Performance benchmark: ``talk2sam-bench`` (model level, and node level over DDS on loopback).
 
-Model level (Talk2SAMPredictor, random weights unless --checkpoints-from-cache): per-stage
+Model level (Talk2SAMPredictor built by load_for_inference, as the node builds it; the preset's
+official files that are in the talk2sam-weights cache, random weights for the rest): per-stage
 latency from the predictor's own timings (SAM-HQ / DINOv2 encode, text cold / cached,
 similarity, prompt, decode, post-processing), full-frame latency, extra-prompt latency on a
 cached frame and the reuse ratio, k prompts per frame (1, 2, 4, 8), peak memory.
@@ -20,18 +21,20 @@ import platform
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from talk2sam_ros.common.cli import cli_logging
-from talk2sam_ros.model.config import DTYPE_ALIASES, DTYPE_NAMES, dtype_name
+from talk2sam_ros.common.cli import CliParser, UsageError, run_cli
+from talk2sam_ros.common.timing import Stopwatch, summarize
+from talk2sam_ros.model.config import DTYPE_ALIASES, DTYPE_NAMES, PRESET_NAMES, dtype_name
 
 LOG = logging.getLogger(__name__)
 
+PROG = "talk2sam-bench"
 DTYPES = (*DTYPE_NAMES, *DTYPE_ALIASES)
 ENCODE_STAGES = ("sam_encode", "dino_encode")
 KS = (1, 2, 4, 8)
@@ -59,16 +62,6 @@ class BenchConfig:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def summarize(values: Sequence[float]) -> dict[str, float]:
-    """median / p90 / mean / min / max / n of `values` (ms); empty -> n = 0 only."""
-    arr = np.asarray(list(values), dtype=np.float64)
-    if arr.size == 0:
-        return {"n": 0}
-    return {"median": float(np.median(arr)), "p90": float(np.percentile(arr, 90)),
-            "mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max()),
-            "n": int(arr.size)}
 
 
 def bench_frames(size: tuple[int, int], count: int, seed: int = 0) -> list[np.ndarray]:
@@ -127,25 +120,6 @@ def machine_info(device: str) -> dict[str, Any]:
     return info
 
 
-class Timer:
-    """Wall-clock timing that waits for queued GPU work first (so ms are real on CUDA)."""
-
-    def __init__(self, device: str) -> None:
-        import torch
-
-        self._sync: Callable[[], None] = (
-            (lambda: torch.cuda.synchronize(torch.device(device)))
-            if device.startswith("cuda") else (lambda: None))
-
-    @contextlib.contextmanager
-    def __call__(self, sink: list[float]) -> Iterator[None]:
-        self._sync()
-        t0 = time.perf_counter()
-        yield
-        self._sync()
-        sink.append((time.perf_counter() - t0) * 1e3)
-
-
 # ----------------------------------------------------------------------------- model level
 
 
@@ -178,7 +152,8 @@ def _sdpa(enabled: bool) -> Iterator[None]:
         set_fused_attn(old)
 
 
-# profile_predictor stage -> our report name (None: left out, covered by another row).
+# profile_predictor stage -> our report name; its "prompt.text" (the extra prompt's cached
+# text) is the text_cached row, its totals are in _PROFILE_TOTALS.
 _PROFILE_STAGES = {"preprocess": "preprocess", "sam_encode": "sam_encode",
                    "dino_encode": "dino_encode", "frame_cache": "frame_cache",
                    "text_cold": "text_cold", "text_cached": "text_cached",
@@ -205,11 +180,13 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
     import torch
 
     from talk2sam_ros.model.profile import profile_predictor
+    from talk2sam_ros.model.timing import device_sync
 
     model, pred, files = build_predictor(cfg)
+    dev = model.device  # resolved ("auto" -> cuda or cpu)
     w, h = cfg.image_size
-    if cfg.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(torch.device(cfg.device))
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     prof = profile_predictor(model=model, runs=cfg.runs, warmup=cfg.warmup, image_size=(h, w))
     stages = {ours: _from_profile(prof["stages"][theirs])
               for theirs, ours in _PROFILE_STAGES.items() if theirs in prof["stages"]}
@@ -219,20 +196,22 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
     # k prompts per frame: each frame is encoded once, then k prompts (cached text, distinct
     # boxes) run on it for every k; frame total = median set_image + median k-prompt time, so
     # encoder noise does not leak into the per-prompt figures.
-    timer = Timer(cfg.device)
+    watch = Stopwatch(device_sync(dev))
     boxes = prompt_boxes(cfg.image_size, max(cfg.ks))
     k_times: dict[int, list[float]] = {k: [] for k in cfg.ks}
     k_set: list[float] = []
     frames = bench_frames(cfg.image_size, max(2, cfg.runs // 2), seed=7)
     encodes_before = pred.encode_count
     for frame in frames:
-        with timer(k_set):
-            pred.set_image(frame)
+        watch.start()
+        pred.set_image(frame)
+        k_set.append(watch.lap())
         pred.predict(text=cfg.text, boxes=boxes[:1])  # text now cached for every k
         for k in cfg.ks:
-            with timer(k_times[k]):
-                for b in range(k):
-                    pred.predict(text=cfg.text, boxes=boxes[b: b + 1])
+            watch.start()
+            for b in range(k):
+                pred.predict(text=cfg.text, boxes=boxes[b: b + 1])
+            k_times[k].append(watch.lap())
     set_med = summarize(k_set)["median"]
     per_k: dict[str, dict[str, float]] = {}
     for k, times in k_times.items():
@@ -242,8 +221,7 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
                          "n": st["n"]}
 
     peak: dict[str, float] = memory_now()
-    if cfg.device.startswith("cuda"):
-        dev = torch.device(cfg.device)
+    if dev.type == "cuda":
         peak["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
         peak["cuda_max_reserved_mib"] = torch.cuda.max_memory_reserved(dev) / 2**20
     return {
@@ -265,8 +243,10 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
 
 def bench_node(cfg: BenchConfig) -> dict[str, Any]:
     """End-to-end numbers through the real node over DDS on loopback (own ROS_DOMAIN_ID)."""
-    from talk2sam_ros.tools.demo import NodeHarness, NodeSettings
+    # Imported here: the model-level bench runs without ROS (a GPU box without rclpy).
+    from talk2sam_ros.tools.harness import NodeHarness, NodeSettings, keep_dds_on_loopback
 
+    keep_dds_on_loopback()
     # Reliable image QoS: a frame lost in transport would stall the one-at-a-time loop.
     settings = NodeSettings(preset=cfg.preset, device=cfg.device, dtype=cfg.dtype,
                             checkpoints_from_cache=cfg.checkpoints_from_cache,
@@ -276,8 +256,9 @@ def bench_node(cfg: BenchConfig) -> dict[str, Any]:
     log = cfg.out / f"node_{cfg.preset}_{cfg.device.replace(':', '')}.log"
     with NodeHarness(settings, log, timeout_s=cfg.node_timeout_s) as h:
         h.set_prompt(cfg.text, box[None])
+        # Two warm-up frames (lazy initialisation, the first frame's allocations), then one
+        # frame at a time: latency without queueing.
         h.warm_up(frames[0])
-        # One frame at a time: latency without queueing.
         h.warm_up(frames[1])
         singles = [h.send_and_wait(frames[i % len(frames)]) for i in range(cfg.node_frames)]
         singles = [r for r in singles if r is not None]
@@ -394,8 +375,9 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     d = BenchConfig()
-    p = argparse.ArgumentParser(prog="talk2sam-bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default=d.preset, help="tiny, t, b, l, h (default tiny)")
+    p = CliParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default=d.preset, choices=PRESET_NAMES,
+                   help="tiny, t, b, l, h (default tiny)")
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default=d.dtype, choices=DTYPES)
     p.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=d.sdpa,
@@ -421,9 +403,13 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     try:
         w, h = (int(v) for v in args.image_size.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"talk2sam-bench: error: --image-size {args.image_size!r} is not WxH")
-    if args.runs < 1 or args.warmup < 0:
-        raise SystemExit("talk2sam-bench: error: --runs must be >= 1 and --warmup >= 0")
+        raise UsageError(f"--image-size {args.image_size!r} is not WxH") from None
+    if w < 1 or h < 1:
+        raise UsageError(f"--image-size {args.image_size!r}: both sides must be >= 1")
+    if args.runs < 1 or args.warmup < 0 or args.node_frames < 1:
+        raise UsageError("--runs and --node-frames must be >= 1 and --warmup >= 0")
+    if not args.stream_hz > 0 or args.stream_seconds < 0:
+        raise UsageError("--stream-hz must be > 0 and --stream-seconds >= 0")
     return BenchConfig(preset=args.preset, device=args.device, dtype=dtype_name(args.dtype),
                        sdpa=args.sdpa,
                        compile=args.compile, runs=args.runs, warmup=args.warmup,
@@ -433,22 +419,18 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                        stream_seconds=args.stream_seconds, out=Path(args.out))
 
 
-def main(argv: list[str] | None = None) -> int:
-    from talk2sam_ros.tools.demo import interrupt_on_termination
-
-    cfg = config_from_args(build_parser().parse_args(argv))
-    try:
-        with cli_logging(logging.WARNING), interrupt_on_termination():
-            result = run(cfg)
-    except (RuntimeError, ValueError, OSError) as exc:  # CheckpointError, bad preset, ...
-        print(f"talk2sam-bench: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the node subprocess is already stopped
-        print("talk2sam-bench: interrupted", file=sys.stderr)
-        return 130
+def _bench(argv: list[str] | None) -> int:
+    result = run(config_from_args(build_parser().parse_args(argv)))
     print(to_markdown(result))
     print("wrote " + ", ".join(result["files"]))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Expected failures: missing or refused weights (WeightsError, CheckpointError), a device
+    # torch cannot use, the node not starting (NodeError), an unwritable --out; one line each.
+    return run_cli(PROG, lambda: _bench(argv), (RuntimeError, ValueError, OSError),
+                   logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -14,429 +14,42 @@
    on the synthetic scenes) into the output folder printed at the end.
 
 With real checkpoints (``--params-file config/talk2sam.yaml`` or ``--checkpoint part=path``,
-``--preset b|l|h``) the same command runs the full-size model. :class:`NodeHarness` (start the
-node, publish, collect) is shared with ``talk2sam-bench``.
+``--preset b|l|h``) the same command runs the full-size model. The node is driven through
+talk2sam_ros.tools.harness (shared with ``talk2sam-bench`` and the tests).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from talk2sam_ros.tools.bench import summarize
-from talk2sam_ros.common.cli import cli_logging
-from talk2sam_ros.model.config import dtype_name
+from talk2sam_ros.common.cli import CliParser, UsageError, run_cli
+from talk2sam_ros.common.timing import summarize
+from talk2sam_ros.model.config import CHECKPOINT_PARTS, PRESET_NAMES
+from talk2sam_ros.model.errors import CheckpointError
+from talk2sam_ros.ros.conversions import make_bridge
+from talk2sam_ros.tools.harness import (FrameResult, NodeError, NodeHarness, NodeSettings,
+                                        keep_dds_on_loopback, node_counters)
+from talk2sam_ros.weights.registry import WeightsError, cache_dir_path, trained_weights_path
 
 LOG = logging.getLogger(__name__)
 
+PROG = "talk2sam-demo"
 OUTPUT_TOPICS = ("result", "mask", "similarity_color", "overlay", "grasp")
-CATEGORY_PROMPT_ID = -1  # the node answers `category` prompts with this id
-# Top-level stages of SegmentationResult.timing that are model work; every other top-level
-# lap (convert, publish_masks, grasp, overlay, ...) is the node's own overhead.
-MODEL_STAGES = ("encode_image", "predict", "debug_delay")
 
 
 class DemoError(RuntimeError):
     """A one-line, user-facing failure (node did not start, training failed, ...)."""
-
-
-# ----------------------------------------------------------------------------- node harness
-
-
-@dataclass(frozen=True)
-class NodeSettings:
-    """How to start the node: preset, device and any extra ROS parameters."""
-
-    preset: str = "tiny"
-    device: str = "cpu"
-    dtype: str = "float32"  # the node's dtype parameter (fp32 / bf16 / fp16 also accepted)
-    checkpoints: Mapping[str, str] = field(default_factory=dict)  # part -> path / registry name
-    checkpoints_from_cache: bool = False  # presets t/b/l/h: registry files in the cache
-    params_file: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)  # other node parameters
-    node_name: str = "talk2sam"
-
-    def ros_args(self) -> list[str]:
-        params: dict[str, Any] = {"preset": self.preset, "device": self.device,
-                                  "dtype": dtype_name(self.dtype), "diagnostics_period_s": 0.0}
-        if self.preset not in ("tiny",) and not self.checkpoints_from_cache \
-                and not self.params_file and not self.checkpoints:
-            params["allow_random_weights"] = True  # benchmark-only real-size random weights
-        params.update({f"checkpoint_{k}": str(v) for k, v in self.checkpoints.items()})
-        params.update(self.extra)
-        args = ["--ros-args", "-r", f"__node:={self.node_name}"]
-        if self.params_file:
-            args += ["--params-file", str(self.params_file)]
-        for key, value in params.items():
-            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-            args += ["-p", f"{key}:={text}"]
-        return args
-
-
-@dataclass
-class FrameResult:
-    """What the node published for one (frame, prompt)."""
-
-    stamp: tuple[int, int]
-    result: Any  # SegmentationResult
-    outputs: dict[str, Any]  # topic -> message (mask, overlay, ...)
-    latency_ms: float  # image publish -> mask (or result) received
-    stages: dict[str, float]  # SegmentationResult.timing, ms
-
-    @property
-    def node_overhead_ms(self) -> float:
-        return sum(ms for name, ms in self.stages.items()
-                   if "." not in name and name not in MODEL_STAGES)
-
-    @property
-    def pipeline_ms(self) -> float:
-        return sum(ms for name, ms in self.stages.items() if "." not in name)
-
-
-@contextlib.contextmanager
-def interrupt_on_termination() -> Iterator[None]:
-    """SIGTERM / SIGHUP (kill, a closing terminal, a supervisor) act like Ctrl-C while the
-    block runs: KeyboardInterrupt unwinds the `with NodeHarness` blocks, so the node
-    subprocess is stopped instead of being left running. Main thread only (signal API)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
-def _domain_id() -> int:
-    env = os.environ.get("ROS_DOMAIN_ID")
-    return int(env) if env else 1 + (os.getpid() % 100)
-
-
-class NodeHarness:
-    """The real node in a subprocess plus an in-process rclpy client that feeds and listens.
-
-    Use as a context manager; everything runs on the current ROS_DOMAIN_ID (or one derived
-    from the pid) with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and ROS_LOCALHOST_ONLY=1.
-    """
-
-    def __init__(self, settings: NodeSettings, log_path: Path, timeout_s: float = 180.0,
-                 outputs: Sequence[str] = ("result", "mask"), frame_id: str = "camera") -> None:
-        self.settings = settings
-        self.log_path = Path(log_path)
-        self.timeout_s = timeout_s
-        self.output_topics = tuple(dict.fromkeys(("result", *outputs)))
-        self.frame_id = frame_id
-        self.domain = _domain_id()
-        self.proc: subprocess.Popen | None = None
-        self._log_fh: Any = None
-        self._context: Any = None
-        self._node: Any = None
-        self._executor: Any = None
-        self._sent: dict[tuple[int, int], float] = {}
-        self._received: dict[tuple[int, int], dict[str, tuple[Any, float]]] = {}
-        self.results: list[tuple[Any, float]] = []
-        self.answer_timeout_s = timeout_s  # per answer; warm_up() tightens it
-        self.latency_estimate_s = 1.0  # one frame's processing; measured by warm_up()
-        self.prompt_id = 0
-        self._active_prompt: tuple[int, str] | None = None
-        self._last_stamp: tuple[int, int] | None = None
-
-    # -- lifecycle of the harness
-    def __enter__(self) -> NodeHarness:
-        try:
-            self._start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _start(self) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
-        from std_msgs.msg import String
-
-        from talk2sam_ros.ros.conversions import make_bridge
-        from talk2sam_ros.msg import GraspCandidate, SegmentationResult, TextBoxPrompt
-
-        env = dict(os.environ, ROS_DOMAIN_ID=str(self.domain),
-                   ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOCALHOST_ONLY="1",
-                   PYTHONUNBUFFERED="1")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_fh = open(self.log_path, "w")
-        cmd = [sys.executable, "-m", "talk2sam_ros.ros.node", *self.settings.ros_args()]
-        self._log_fh.write("$ " + " ".join(cmd) + "\n")
-        self._log_fh.flush()
-        self.proc = subprocess.Popen(cmd, stdout=self._log_fh, stderr=subprocess.STDOUT, env=env)
-        self._context = rclpy.Context()
-        rclpy.init(context=self._context, domain_id=self.domain)
-        self._node = rclpy.create_node("talk2sam_demo_client", context=self._context)
-        self._bridge = make_bridge()
-        reliable = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
-                              reliability=ReliabilityPolicy.RELIABLE)
-        self._image_pub = self._node.create_publisher(Image, "image", reliable)
-        self._prompt_pub = self._node.create_publisher(TextBoxPrompt, "prompt", reliable)
-        self._category_pub = self._node.create_publisher(String, "category", reliable)
-        kinds = {"result": SegmentationResult, "grasp": GraspCandidate}
-        self._subs = [self._node.create_subscription(kinds.get(t, Image), t,
-                                                     self._callback(t), reliable)
-                      for t in self.output_topics]
-        self._executor = SingleThreadedExecutor(context=self._context)
-        self._executor.add_node(self._node)
-        self._wait_for_node()
-
-    def close(self) -> None:
-        try:
-            if self._executor is not None:
-                self._executor.shutdown()
-            if self._node is not None:
-                self._node.destroy_node()
-            if self._context is not None:
-                self._context.try_shutdown()
-        finally:  # whatever happened above, the node process must not outlive us
-            self._executor = self._node = self._context = None
-            self._stop_node()
-
-    def _stop_node(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # the node tears down cleanly
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-            except KeyboardInterrupt:  # a second Ctrl-C: do not wait any longer
-                self.proc.kill()
-                self.proc.wait(10)
-                raise
-        if self._log_fh is not None:
-            self._log_fh.close()
-            self._log_fh = None
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(text[-lines:])
-
-    def _check_alive(self) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise DemoError(f"the node exited with code {self.proc.returncode}; last lines of "
-                            f"{self.log_path}:\n{self.log_tail()}")
-        # The node logs "configure failed: <reason>" and then a generic autostart line; the
-        # reason is what the user needs (e.g. which weights to download).
-        failed = [ln.split("configure failed: ", 1)[1].strip()
-                  for ln in self.log_tail(40).splitlines() if "configure failed: " in ln]
-        if failed:
-            raise DemoError(f"the node could not load the model: {failed[-1]}")
-
-    def _wait_for_node(self) -> None:
-        """Until the node is active: its subscriptions and our output subscriptions matched."""
-        def ready() -> bool:
-            return (self._image_pub.get_subscription_count() > 0
-                    and self._prompt_pub.get_subscription_count() > 0
-                    and self._category_pub.get_subscription_count() > 0
-                    and all(s.get_publisher_count() > 0 for s in self._subs))
-
-        deadline = time.monotonic() + self.timeout_s
-        while not ready():
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise DemoError(f"the node did not become active within {self.timeout_s:.0f} s;"
-                                f" see {self.log_path}")
-            self._executor.spin_once(timeout_sec=0.2)
-        self.spin(0.3)  # let matching settle in both directions
-
-    # -- io
-    def _callback(self, topic: str):  # noqa: ANN202 (closure)
-        def store(msg: Any) -> None:
-            now = time.perf_counter()
-            key = (int(msg.header.stamp.sec), int(msg.header.stamp.nanosec))
-            if topic == "result":
-                self.results.append((msg, now))
-            self._received.setdefault(key, {})[topic] = (msg, now)
-        return store
-
-    def spin(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self._executor.spin_once(timeout_sec=max(0.0, min(0.05, end - time.monotonic())))
-
-    def spin_until(self, done: Any, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        checks = 0
-        while not done():
-            if time.monotonic() > deadline:
-                return False
-            checks += 1
-            if checks % 20 == 0:
-                self._check_alive()
-            self._executor.spin_once(timeout_sec=0.05)
-        return True
-
-    def send_image(self, rgb: np.ndarray) -> tuple[int, int]:
-        """Publish `rgb` (H, W, 3 uint8) stamped now; returns the stamp key."""
-        from std_msgs.msg import Header
-
-        from talk2sam_ros.ros.conversions import rgb_to_msg
-
-        now = self._node.get_clock().now().to_msg()
-        header = Header(frame_id=self.frame_id)
-        header.stamp = now
-        key = (int(now.sec), int(now.nanosec))
-        msg = rgb_to_msg(rgb, "rgb8", header, self._bridge)
-        self._sent[key] = time.perf_counter()
-        self._image_pub.publish(msg)
-        self._last_stamp = key
-        return key
-
-    def set_prompt(self, text: str, boxes: np.ndarray | None = None, *,
-                   prompt_id: int | None = None, via_category: bool = False,
-                   settle_s: float = 0.5) -> int:
-        """Make (text, boxes) the node's prompt; returns the prompt id its results carry.
-
-        Unstamped prompts re-run the newest frame the node holds; that answer is awaited (at
-        most answer_timeout_s: the node may reject the prompt for that frame, e.g. a box outside
-        it), or `settle_s` before the first frame, so the next image is under this prompt.
-        """
-        from std_msgs.msg import String
-
-        from talk2sam_ros.msg import TextBoxPrompt
-
-        if via_category:
-            pid = CATEGORY_PROMPT_ID
-            self._category_pub.publish(String(data=text))
-        else:
-            self.prompt_id = self.prompt_id + 1 if prompt_id is None else prompt_id
-            pid = self.prompt_id
-            msg = TextBoxPrompt(id=pid, text=text)
-            msg.header.frame_id = self.frame_id
-            if boxes is not None:
-                msg.boxes = np.asarray(boxes, np.float32).reshape(-1).tolist()
-            self._prompt_pub.publish(msg)
-        self._active_prompt = (pid, text)
-        if self._last_stamp is None:
-            self.spin(settle_s)
-        else:
-            last = self._last_stamp
-            self.spin_until(lambda: self._find(last, pid, text) is not None,
-                            self.answer_timeout_s)
-        return pid
-
-    def _find(self, stamp: tuple[int, int], pid: int, text: str) -> Any:
-        got = self._received.get(stamp, {}).get("result")
-        if got and got[0].prompt_id == pid and got[0].text == text:
-            return got
-        return None
-
-    def wait_frame(self, stamp: tuple[int, int], timeout: float | None = None
-                   ) -> FrameResult | None:
-        """The node's answer to frame `stamp` under the active prompt (None on timeout)."""
-        assert self._active_prompt is not None, "set_prompt first"
-        pid, text = self._active_prompt
-        timeout = self.answer_timeout_s if timeout is None else timeout
-        if not self.spin_until(lambda: self._find(stamp, pid, text) is not None, timeout):
-            return None
-        wanted = [t for t in self.output_topics if t != "result"]
-        self.spin_until(lambda: all(t in self._received.get(stamp, {}) for t in wanted), 2.0)
-        got = self._received[stamp]
-        result, t_result = got["result"]
-        t_done = got["mask"][1] if "mask" in got else t_result
-        return FrameResult(stamp, result, {t: m for t, (m, _) in got.items()},
-                           (t_done - self._sent[stamp]) * 1e3,
-                           {s.stage: float(s.ms) for s in result.timing})
-
-    def send_and_wait(self, rgb: np.ndarray, timeout: float | None = None
-                      ) -> FrameResult | None:
-        return self.wait_frame(self.send_image(rgb), timeout)
-
-    def warm_up(self, rgb: np.ndarray, tries: int = 3) -> FrameResult:
-        """A first answered frame (lazy initialisation; its numbers are not kept). Retried:
-        the very first samples of a new publisher can be lost while discovery settles."""
-        for _ in range(tries):
-            res = self.send_and_wait(rgb, self.timeout_s)
-            if res is not None:
-                self.latency_estimate_s = res.latency_ms / 1e3
-                self.answer_timeout_s = min(self.timeout_s, max(30.0, 20 * res.latency_ms / 1e3))
-                return res
-        raise DemoError(f"the node answered none of {tries} warm-up frames; see {self.log_path}")
-
-    def stream(self, frames: Sequence[np.ndarray], rate_hz: float, seconds: float
-               ) -> dict[str, Any]:
-        """Publish `frames` cyclically at `rate_hz` for `seconds` under the active prompt.
-
-        processed = distinct frames answered; drop rate = 1 - processed / sent. Frame age: the
-        node's own `frame_age_ms` (processing finished - stamp) and receipt age (result
-        received here - publish).
-        """
-        period = 1.0 / rate_hz
-        stamps: list[tuple[int, int]] = []
-        first_result = len(self.results)
-        start = time.monotonic()
-        i = 0
-        while True:
-            due = start + i * period
-            if due - start >= seconds:
-                break
-            while time.monotonic() < due:
-                self._executor.spin_once(timeout_sec=max(0.0, min(0.01, due - time.monotonic())))
-            stamps.append(self.send_image(frames[i % len(frames)]))
-            i += 1
-        wall = time.monotonic() - start
-        sent = set(stamps)
-        # Stragglers: the node holds at most the frame in work plus the newest pending one, so
-        # wait until answers stop coming for ~2.5 frame times (bounded by answer_timeout_s).
-        quiet_s = max(3.0, 2.5 * self.latency_estimate_s)
-        quiet_until = time.monotonic() + quiet_s
-        seen = len(self.results)
-        deadline = time.monotonic() + max(quiet_s, self.answer_timeout_s)
-        while time.monotonic() < min(quiet_until, deadline):
-            self._executor.spin_once(timeout_sec=0.05)
-            if len(self.results) != seen:
-                seen = len(self.results)
-                quiet_until = time.monotonic() + quiet_s
-        answers = [(m, t) for m, t in self.results[first_result:]
-                   if (m.header.stamp.sec, m.header.stamp.nanosec) in sent]
-        done = {(m.header.stamp.sec, m.header.stamp.nanosec) for m, _ in answers}
-        ages = [float(m.frame_age_ms) for m, _ in answers]
-        receipt = [(t - self._sent[(m.header.stamp.sec, m.header.stamp.nanosec)]) * 1e3
-                   for m, t in answers]
-        last = answers[-1][0] if answers else None
-        return {"rate_hz": rate_hz, "seconds": wall, "sent": len(sent),
-                "processed": len(done), "drop_rate": 1.0 - len(done) / max(len(sent), 1),
-                "processed_hz": len(done) / max(wall, 1e-9),
-                "frame_age_ms": summarize(ages), "receipt_age_ms": summarize(receipt),
-                "node_counters": None if last is None else {
-                    "frames_received": int(last.frames_received),
-                    "frames_processed": int(last.frames_processed),
-                    "frames_dropped": int(last.frames_dropped),
-                    "inputs_rejected": int(last.inputs_rejected)}}
 
 
 # ----------------------------------------------------------------------------- demo content
@@ -563,12 +176,11 @@ def ensure_trained_tiny(cache_dir: Path | None, budget: TrainBudget, force: bool
                         progress: bool = True) -> Path:
     """Path of the trained tiny head; trains it first (config/train/tiny_synthetic.yaml on
     freshly generated synthetic data, CPU) when the cache has none."""
-    from talk2sam_ros.weights import trained_weights_path
-
     target = trained_weights_path("tiny", cache_dir=cache_dir)
     if target.is_file() and not force:
         LOG.info("trained tiny weights: %s", target)
         return target
+    from talk2sam_ros.model.checkpoints import atomic_torch_save, safe_torch_load
     from talk2sam_ros.training.config import load_config
     from talk2sam_ros.training.train import train
 
@@ -588,10 +200,9 @@ def ensure_trained_tiny(cache_dir: Path | None, budget: TrainBudget, force: bool
         weights = Path(train(cfg))
     except Exception as exc:
         raise DemoError(f"training the tiny head failed: {type(exc).__name__}: {exc}") from exc
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".pt.tmp")
-    shutil.copyfile(weights, tmp)
-    os.replace(tmp, target)
+    # The trainer's own save (fsynced data and folder): after a crash or power loss the cache
+    # holds the old head or the whole new one, never a torn file the node would refuse.
+    atomic_torch_save(safe_torch_load(weights, "talk2sam"), target)
     print(f"[demo] trained tiny weights saved to {target}", flush=True)
     return target
 
@@ -599,16 +210,11 @@ def ensure_trained_tiny(cache_dir: Path | None, budget: TrainBudget, force: bool
 # ----------------------------------------------------------------------------- outputs
 
 
-def _image_array(msg: Any) -> np.ndarray:
-    """Image message -> numpy: mono8 (H, W) uint8, 32FC1 (H, W) float32, bgr8/rgb8 -> RGB."""
-    h, w = msg.height, msg.width
-    if msg.encoding in ("mono8", "8UC1"):
-        return np.frombuffer(bytes(msg.data), np.uint8).reshape(h, msg.step)[:, :w].copy()
-    if msg.encoding == "32FC1":
-        return np.frombuffer(bytes(msg.data), np.float32).reshape(h, msg.step // 4)[:, :w]
-    rows = np.frombuffer(bytes(msg.data), np.uint8).reshape(h, msg.step)[:, : w * 3]
-    img = rows.reshape(h, w, 3)
-    return img[..., ::-1].copy() if msg.encoding == "bgr8" else img.copy()
+def image_array(msg: Any, bridge: Any = None) -> np.ndarray:
+    """Image message -> numpy (cv_bridge): colour as RGB, mono8 / 32FC1 as they are."""
+    bridge = bridge or make_bridge()
+    return bridge.imgmsg_to_cv2(msg, "rgb8" if msg.encoding in ("bgr8", "rgb8") else
+                                "passthrough")
 
 
 def save_frame_pngs(out_dir: Path, index: int, frame: DemoFrame, res: FrameResult
@@ -631,12 +237,12 @@ def save_frame_pngs(out_dir: Path, index: int, frame: DemoFrame, res: FrameResul
     write("input", frame.rgb)
     mask = None
     if "mask" in res.outputs:
-        mask = _image_array(res.outputs["mask"])
+        mask = image_array(res.outputs["mask"])
         write("mask", mask)
     if "overlay" in res.outputs:
-        write("overlay", _image_array(res.outputs["overlay"]))
+        write("overlay", image_array(res.outputs["overlay"]))
     if "similarity_color" in res.outputs:
-        write("similarity", _image_array(res.outputs["similarity_color"]))
+        write("similarity", image_array(res.outputs["similarity_color"]))
     grasp = res.outputs.get("grasp")
     if grasp is not None:
         line = np.array([(p.x, p.y) for p in grasp.centerline.points], np.float32)
@@ -671,11 +277,7 @@ def summarize_run(records: list[dict[str, Any]], answers: list[FrameResult],
         "stages_ms": {k: summarize(v) for k, v in stages.items()},
         "miou_synthetic": {k: (float(np.mean(v)) if v else None) for k, v in ious.items()},
         "synthetic_scenes": {k: len(v) for k, v in ious.items()},
-        "node_counters": None if last is None else {
-            "frames_received": int(last.frames_received),
-            "frames_processed": int(last.frames_processed),
-            "frames_dropped": int(last.frames_dropped),
-            "inputs_rejected": int(last.inputs_rejected)},
+        "node_counters": None if last is None else node_counters(last),
         "stream": stream,
         "frames": records,
     }
@@ -794,9 +396,8 @@ def build_frames(cfg: DemoConfig, cache: Path) -> list[DemoFrame]:
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """The whole demo; returns the summary (also written to cfg.out)."""
     from talk2sam_ros.common.metrics import mask_iou
-    from talk2sam_ros.weights import default_cache_dir
 
-    cache = Path(cfg.weights_dir) if cfg.weights_dir else default_cache_dir()
+    cache = cache_dir_path(cfg.weights_dir)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = dict(cfg.checkpoints)
@@ -846,7 +447,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                 grasp = res.outputs.get("grasp")
                 rec["grasp"] = None if grasp is None else ("valid" if grasp.valid else "none")
                 if fr.gt is not None and "mask" in res.outputs:
-                    rec["iou"] = mask_iou(fr.gt, _image_array(res.outputs["mask"]) > 127)
+                    rec["iou"] = mask_iou(fr.gt, image_array(res.outputs["mask"]) > 127)
             records.append(rec)
         if cfg.stream_seconds > 0 and frames:
             # Text-only: valid on every frame whatever its size.
@@ -872,21 +473,27 @@ def _json_default(obj: Any) -> Any:
 
 
 def _parse_checkpoint(text: str) -> tuple[str, str]:
+    """PART=PATH -> (part, path): the node's checkpoint_<part> parameter."""
     part, sep, path = text.partition("=")
     if not sep or not path:
-        raise argparse.ArgumentTypeError(f"--checkpoint wants PART=PATH, got {text!r}")
+        raise argparse.ArgumentTypeError(f"wants PART=PATH, got {text!r}")
+    if part not in CHECKPOINT_PARTS:
+        raise argparse.ArgumentTypeError(f"unknown part {part!r} in {text!r}; parts: "
+                                         f"{', '.join(CHECKPOINT_PARTS)}")
     return part, path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="talk2sam-demo", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=None,
                    help="output folder (default talk2sam_demo_<date-time> here)")
-    p.add_argument("--preset", help="tiny (default unless --params-file sets one), t, b, l, h")
+    p.add_argument("--preset", choices=PRESET_NAMES,
+                   help="tiny (default unless --params-file sets one), t, b, l, h")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto")
     p.add_argument("--checkpoint", action="append", type=_parse_checkpoint, default=[],
-                   metavar="PART=PATH", help="node checkpoint (sam_hq, dinov2, clip, "
-                   "projection, talk2sam); path or talk2sam-weights name; repeatable")
+                   metavar="PART=PATH", help="the node's checkpoint_<part> parameter ("
+                   f"{', '.join(CHECKPOINT_PARTS)}): a path or talk2sam-weights name; "
+                   "repeatable")
     p.add_argument("--params-file", help="node parameter YAML (e.g. config/talk2sam.yaml)")
     p.add_argument("--weights-dir", help="talk2sam-weights cache (default "
                    "$TALK2SAM_WEIGHTS_DIR or ~/.cache/talk2sam_ros/weights)")
@@ -929,6 +536,11 @@ def preset_from_params_file(path: str | os.PathLike) -> str | None:
 
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
+    for name, value in (("--rate", args.rate), ("--timeout", args.timeout)):
+        if not value > 0:
+            raise UsageError(f"{name} must be > 0, got {value:g}")
+    if args.max_frames < 1 or args.synthetic < 0 or args.stream_seconds < 0:
+        raise UsageError("--max-frames must be >= 1, --synthetic and --stream-seconds >= 0")
     preset = args.preset
     if preset is None:
         preset = (preset_from_params_file(args.params_file) if args.params_file else None)
@@ -949,23 +561,21 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         timeout_s=args.timeout, progress=not args.quiet)
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("ROS_DOMAIN_ID", str(_domain_id()))
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    os.environ["ROS_LOCALHOST_ONLY"] = "1"
-    try:
-        cfg = config_from_args(build_parser().parse_args(argv))
-        with cli_logging(logging.WARNING), interrupt_on_termination():
-            summary = run_demo(cfg)
-    except DemoError as exc:
-        print(f"talk2sam-demo: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("talk2sam-demo: interrupted", file=sys.stderr)
-        return 130
+# The demo's expected failures; anything else is a bug and keeps its traceback.
+ERRORS = (DemoError, NodeError, WeightsError, CheckpointError, OSError)
+
+
+def _demo(argv: list[str] | None) -> int:
+    cfg = config_from_args(build_parser().parse_args(argv))
+    keep_dds_on_loopback()
+    summary = run_demo(cfg)
     print(summary_markdown(summary))
     print(f"[demo] output folder: {summary['output_dir']}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(PROG, lambda: _demo(argv), ERRORS, logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,13 @@ import argparse
 import logging
 import sys
 
-from talk2sam_ros.common.cli import cli_logging, human_size
+from talk2sam_ros.common.cli import CliParser, human_size, run_cli
 from talk2sam_ros.weights.fetch import download, read_records, verify
 from talk2sam_ros.weights.registry import (ENV_DIR, ENV_REGISTRY, Registry, WeightsError,
                                            cache_dir_path, load_registry)
+
+
+PROG = "talk2sam-weights"
 
 
 def _presets_of(registry: Registry, name: str) -> str:
@@ -69,7 +72,7 @@ def _cmd_verify(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="talk2sam-weights", description=(
+    p = CliParser(prog=PROG, description=(
         "Fetch and check the official checkpoint files of the Talk2SAM presets. Cache: "
         f"${ENV_DIR} or ~/.cache/talk2sam_ros/weights."))
     p.add_argument("--registry", help=f"JSON registry overrides (default ${ENV_REGISTRY})")
@@ -89,19 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def _weights(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        with cli_logging(logging.INFO):
-            registry = load_registry(args.registry)
-            handler = {"list": _cmd_list, "download": _cmd_download, "verify": _cmd_verify}
-            return handler[args.command](args, registry)
-    except WeightsError as exc:
-        print(f"talk2sam-weights: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("talk2sam-weights: interrupted; rerun to resume partial downloads", file=sys.stderr)
-        return 130
+    registry = load_registry(args.registry)
+    handler = {"list": _cmd_list, "download": _cmd_download, "verify": _cmd_verify}
+    return handler[args.command](args, registry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    # OSError: a cache folder that cannot be created or written (disk full is a WeightsError)
+    return run_cli(PROG, lambda: _weights(argv), (WeightsError, OSError), logging.INFO,
+                   interrupted="interrupted; rerun to resume partial downloads")
 
 
 if __name__ == "__main__":

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from talk2sam_ros.common.timing import Stopwatch
 from talk2sam_ros.model.build import build_talk2sam
 from talk2sam_ros.model.talk2sam import ImageFeatures
+from talk2sam_ros.model.timing import device_sync
 from talk2sam_ros.training.losses import LossConfig, compute_loss
 
 __all__ = ["benchmark_cache"]
@@ -45,29 +46,27 @@ def benchmark_cache(preset: str = "tiny", batch: int = 2, reps: int = 2,
     text = model.encode_texts(["cable"] * batch)
     loss_cfg = LossConfig(kind="points")
     times: dict[str, list[float]] = {"encode": [], "load": [], "step": []}
+    watch = Stopwatch(device_sync(model.device))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "features.pt"
         for rnd in range(reps + 1):
-            t0 = time.perf_counter()
+            watch.start()
             feats = model.encode_images(images)
-            t1 = time.perf_counter()
+            encode_ms = watch.lap()
             torch.save(feats.to_dict(), path)
-            t2 = time.perf_counter()
+            watch.lap()  # writing the cache is a one-off, not part of a step
             loaded = ImageFeatures.from_dict(torch.load(path, weights_only=True)).to(device)
-            t3 = time.perf_counter()
+            load_ms = watch.lap()
             out = model.forward_features(loaded, None, boxes, text_embeddings=text)
             loss, _ = compute_loss(loss_cfg, model, out, loaded, gts,
                                    torch.Generator(device=model.device).manual_seed(rnd))
             loss.backward()
             opt.step()
             opt.zero_grad()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t4 = time.perf_counter()
+            step_ms = watch.lap()
             if rnd:  # round 0 warms up
-                times["encode"].append(t1 - t0)
-                times["load"].append(t3 - t2)
-                times["step"].append(t4 - t3)
+                for name, ms in (("encode", encode_ms), ("load", load_ms), ("step", step_ms)):
+                    times[name].append(ms / 1e3)
     med = {k: float(np.median(v)) for k, v in times.items()}
     med["speedup"] = (med["encode"] + med["step"]) / (med["load"] + med["step"])
     return med

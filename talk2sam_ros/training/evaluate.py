@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -43,10 +42,12 @@ from tqdm.auto import tqdm
 
 from talk2sam_ros.common.cli import run_cli
 from talk2sam_ros.common.metrics import binarize_gt, boundary_iou, mask_iou
+from talk2sam_ros.common.timing import Stopwatch
 from talk2sam_ros.model import transforms as T
 from talk2sam_ros.model.build import load_trained_weights
 from talk2sam_ros.model.errors import CheckpointError
 from talk2sam_ros.model.talk2sam import ImageFeatures, Talk2SAM
+from talk2sam_ros.model.timing import device_sync
 from talk2sam_ros.training.data import (Sample, box_from_mask, list_samples, part_boxes,
                                         read_gt, read_image)
 from talk2sam_ros.weights import InferenceSpec, WeightsError
@@ -92,39 +93,13 @@ class EvalConfig:
             raise ValueError("no datasets: give at least one dataset spec in sets")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class _Clock:
-    """Wall-clock ms per stage, CUDA-synchronised."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.ms, self._t = device, {}, 0.0
-
-    def __enter__(self) -> _Clock:
-        _sync(self.device)
-        self._t = time.perf_counter()
-        return self
-
-    def stop(self, name: str) -> None:
-        _sync(self.device)
-        now = time.perf_counter()
-        self.ms[name] = self.ms.get(name, 0.0) + (now - self._t) * 1e3
-        self._t = now
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def encode(model: Talk2SAM, rgb: np.ndarray, clock: _Clock, dino: bool) -> ImageFeatures:
+def encode(model: Talk2SAM, rgb: np.ndarray, clock: Stopwatch, dino: bool) -> ImageFeatures:
     """ImageFeatures of one image, timing the SAM and DINOv2 encoders separately."""
     dev = model.device
     with torch.inference_mode():
         sam_in, input_size = T.sam_preprocess(rgb, dev, model.encoder_dtype)
         emb, interm0 = model.encode_sam(sam_in)
-        clock.stop("sam_encode")
+        clock.lap("sam_encode")
         if dino:
             patches, attn = model.encode_dino(T.dino_preprocess(rgb, model.config.dino.img_size,
                                                                 dev, model.encoder_dtype))
@@ -132,7 +107,7 @@ def encode(model: Talk2SAM, rgb: np.ndarray, clock: _Clock, dino: bool) -> Image
             gh, gw = model.dino.grid
             patches = emb.new_zeros(1, gh * gw, model.config.dino_dim)
             attn = emb.new_zeros(1, model.config.dino_heads, gh * gw)
-        clock.stop("dino_encode")
+        clock.lap("dino_encode")
     sizes = torch.tensor([input_size], dtype=torch.long, device=dev)
     orig = torch.tensor([rgb.shape[:2]], dtype=torch.long, device=dev)
     return ImageFeatures(emb, interm0, patches, attn, sizes, orig)
@@ -307,7 +282,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                                  disable=not cfg.progress)):
         rgb, gt = read_image(s.image), binarize_gt(read_gt(s.mask))
         boxes = part_boxes(gt) if cfg.multi_box else box_from_mask(gt)[None]
-        clock = _Clock(device)
+        clock = Stopwatch(device_sync(device))
         with clock:
             feats = encode(model, rgb, clock, dino=needs_text or "ablation" in cfg.methods)
             emb = None
@@ -315,7 +290,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                 if s.category not in text_cache:
                     text_cache[s.category] = model.encode_texts([s.category])
                 emb = text_cache[s.category]
-                clock.stop("text")
+                clock.lap("text")
             rec: dict[str, Any] = {"key": s.key, "dataset": s.dataset, "category": s.category,
                                    "size": list(gt.shape), "boxes": boxes.tolist()}
             row: dict[str, Any] = {"rgb": rgb, "gt": gt, "boxes": boxes, "text": s.category,
@@ -324,7 +299,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             for m in cfg.methods:
                 head = heads.use("baseline" if m == "sam_hq" else "trained")
                 logits, sim = run_method(head, m, feats, boxes, emb)
-                clock.stop(f"decode_{m}")
+                clock.lap(f"decode_{m}")
                 pred = (logits > 0).any(axis=0)
                 rec[m] = {"iou": mask_iou(gt, pred),
                           "biou": boundary_iou(gt, pred, cfg.dilation_ratio)}
@@ -332,7 +307,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                     row[m], row[f"iou_{m}"] = pred, rec[m]["iou"]
                     if sim is not None:
                         row["similarity"] = sim
-        t = clock.ms
+        t = clock.laps
         for m in cfg.methods:
             uses_dino = m != "sam_hq"
             rec[m]["ms"] = (t["sam_encode"] + (t["dino_encode"] if uses_dino else 0.0)
