@@ -154,3 +154,21 @@ def test_profile_on_the_publisher_only(tmp_path):
     check_accounting(row, 10)
     size = segment_size(images_profile())
     assert row["pub_shm_segment_bytes"] >= size > row["shm_segment_bytes"], row
+
+
+def test_processes_the_harness_starts_load_the_image_profile(monkeypatch, tmp_path):
+    """The demo, the benchmark and the node tests start the node through the harness: its
+    environment carries the shipped profile, or the user's own where one is set."""
+    from talk2sam_ros.common.transport import PROFILE_ENV_VARS, images_profile
+    from talk2sam_ros.tools.harness import loopback_environment
+
+    for name in PROFILE_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("ROS_DISTRO", raising=False)
+    env = loopback_environment(7)
+    assert env["FASTDDS_DEFAULT_PROFILES_FILE"] == str(images_profile().resolve())
+    assert images_profile().is_file()
+    own = tmp_path / "mine.xml"
+    own.write_text("<profiles/>")
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", str(own))
+    assert loopback_environment(7)["FASTDDS_DEFAULT_PROFILES_FILE"] == str(own.resolve())

@@ -46,6 +46,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
 from talk2sam_ros.common.timing import summarize
+from talk2sam_ros.common.transport import chosen_profile, profile_variables
 from talk2sam_ros.model.config import dtype_name
 from talk2sam_ros.msg import GraspCandidate, SegmentationResult, TextBoxPrompt
 from talk2sam_ros.ros import conversions as conv
@@ -87,9 +88,12 @@ def domain_id() -> int:
 
 
 def loopback_environment(domain: int) -> dict[str, str]:
-    """The environment of a child on `domain` with DDS discovery kept on this machine."""
+    """The environment of a child on `domain` with DDS discovery kept on this machine, and
+    the Fast DDS image profile (the user's own if set; docs/transport.md), without which most
+    camera-size frames published best effort never arrive."""
     return {"ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-            "ROS_LOCALHOST_ONLY": "1", "PYTHONUNBUFFERED": "1"}
+            "ROS_LOCALHOST_ONLY": "1", "PYTHONUNBUFFERED": "1",
+            **profile_variables(chosen_profile())}
 
 
 def keep_dds_on_loopback() -> int:
