@@ -15,8 +15,8 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import rclpy
-from node_harness import (Client, key, module_domain, ros_environment, sample_picture,
-                          start_node)
+from node_harness import (START_TIMEOUT, Client, key, module_domain, ros_environment,
+                          sample_picture, start_node)
 from rosutil import stop
 
 MISSING = "/nonexistent/dir/talk2sam_tiny.pt"
@@ -47,6 +47,7 @@ def _running(tmp_path_factory, salt: int, name: str, *args: str):
         client = Client(context, namespace="/robot", image_topic="/camera/image_raw/compressed",
                         compressed=True)
         try:
+            client.latest_diagnostics(START_TIMEOUT)  # up: /diagnostics comes from start-up
             yield Ros(client, proc, log, tmp)
         finally:
             client.close()

@@ -3,6 +3,7 @@ group, and `ros2 launch` then sends its own SIGINT (and SIGTERM later) while the
 
 Each node runs as the leader of its own process group (a terminal's foreground job); the test
 signals the group and checks exit code 0, no traceback on stderr and no process left in it.
+The helper both nodes use (talk2sam_ros.common.shutdown) is also tested alone, in-process.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -114,3 +116,94 @@ def test_speech_node_exits_cleanly_on_two_sigints(interval_s, tmp_path, ros_doma
         context.try_shutdown()
     _signal_group(proc, signal.SIGINT, signal.SIGINT, interval_s)
     _assert_clean_exit(proc, tmp_path)
+
+
+# ---------------------------------------------------------------------- the helper alone
+# common.shutdown.ShutdownSignals in this process (real signals to ourselves, no ROS).
+
+def _spin_once_counter(calls: list, fail_after: int | None = None):
+    def spin_once(timeout_s: float) -> None:
+        calls.append(timeout_s)
+        if fail_after is not None and len(calls) > fail_after:
+            raise RuntimeError("publisher's context is invalid")
+        time.sleep(0.01)
+    return spin_once
+
+
+def test_signals_are_recorded_not_raised_and_the_handlers_come_back():
+    from talk2sam_ros.common.shutdown import ShutdownSignals
+
+    previous = signal.getsignal(signal.SIGINT)
+    with ShutdownSignals() as signals:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signals.stop.wait(5) and not signals.hurry.is_set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.hurry.wait(5)
+        assert signals.received == [signal.SIGINT, signal.SIGTERM]
+        calls: list = []
+        signals.spin(_spin_once_counter(calls), lambda: True)
+        assert calls == []  # already stopped: the loop does not start
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_a_signal_during_start_up_raises_keyboard_interrupt_once():
+    from talk2sam_ros.common.shutdown import ShutdownSignals
+
+    with ShutdownSignals() as signals:
+        with pytest.raises(KeyboardInterrupt):
+            with signals.interruptible():
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(500):  # the handler runs between bytecodes: bounded wait
+                    time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)  # outside the block: recorded only
+        assert signals.hurry.wait(5)
+        with pytest.raises(KeyboardInterrupt):  # stop came before the block
+            with signals.interruptible():
+                pass
+
+
+def test_spin_ends_on_a_signal_and_on_shutdown_but_raises_other_errors():
+    from talk2sam_ros.common.shutdown import ShutdownSignals
+
+    with ShutdownSignals() as signals:
+        calls: list = []
+        with pytest.raises(RuntimeError):  # a callback failing while ROS runs is a real error
+            signals.spin(_spin_once_counter(calls, fail_after=2), lambda: True)
+        ok = [True]
+        calls = []
+
+        def failing_after_shutdown(timeout_s: float) -> None:
+            calls.append(timeout_s)
+            if len(calls) == 3:
+                ok[0] = False  # the context was shut down from outside...
+                raise RuntimeError("publisher's context is invalid")  # ...mid-callback
+
+        signals.spin(failing_after_shutdown, lambda: ok[0])
+        assert len(calls) == 3
+        timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        calls = []
+        signals.spin(_spin_once_counter(calls), lambda: True)  # until the signal
+        timer.join(5)
+        assert signals.stop.is_set() and calls
+
+
+def test_an_entry_point_ignores_signals_after_its_block():
+    """restore=False: after main() the process is exiting; a late signal must not kill it
+    while Python finalizes (Python resets its own handlers to the default then)."""
+    code = ("import os, signal, time; from talk2sam_ros.common.shutdown import ShutdownSignals\n"
+            "with ShutdownSignals(restore=False):\n    pass\n"
+            "os.kill(os.getpid(), signal.SIGINT); os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(0.2); print('alive')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "alive"), proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["talk2sam_ros.common.shutdown",
+                                    "talk2sam_ros.ros.scheduler", "talk2sam_ros.ros.counters"])
+def test_the_pure_parts_import_without_rclpy_and_torch(module):
+    code = f"import sys, {module}; print(sorted({{'rclpy', 'torch'}} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.stdout.strip() == "[]", proc.stderr[-2000:]
