@@ -137,9 +137,7 @@ class Talk2SAMNode(LifecycleNode):
             self._publish_diagnostics()
             return TransitionCallbackReturn.FAILURE
         self._configure_error = ""
-        out_qos = QoSProfile(depth=cfg.qos_depth, history=HistoryPolicy.KEEP_LAST,
-                             reliability=_reliability(cfg.output_qos_reliability),
-                             durability=DurabilityPolicy.VOLATILE)
+        out_qos = _qos(cfg.qos_depth, cfg.output_qos_reliability)
         self._pubs = {name: self.create_lifecycle_publisher(
             build.message_class(TOPIC_BY_NAME[name].msg_type), name, out_qos)
             for name in PUBLICATIONS}
@@ -158,20 +156,15 @@ class Talk2SAMNode(LifecycleNode):
                                     "frame; activate again once it has ended")
             return TransitionCallbackReturn.FAILURE
         self._counters.reset()
-        image_qos = QoSProfile(depth=cfg.qos_depth, history=HistoryPolicy.KEEP_LAST,
-                               reliability=_reliability(cfg.qos_reliability),
-                               durability=DurabilityPolicy.VOLATILE)
-        if cfg.image_transport == "compressed":
-            topic = self.resolve_topic_name("image") + "/compressed"
-            self._subs.append(self.create_subscription(CompressedImage, topic,
-                                                       self._on_image, image_qos))
-        else:
-            self._subs.append(self.create_subscription(Image, "image", self._on_image,
-                                                       image_qos))
-        self._subs.append(self.create_subscription(TextBoxPrompt, "prompt", self._on_prompt,
-                                                   _PROMPT_QOS))
-        self._subs.append(self.create_subscription(String, "category", self._on_category,
-                                                   _PROMPT_QOS))
+        # compressed: `<resolved image>/compressed`, as image_transport names it
+        image_type, image_topic = ((CompressedImage, self.resolve_topic_name("image")
+                                    + "/compressed") if cfg.image_transport == "compressed"
+                                   else (Image, "image"))
+        self._subs = [
+            self.create_subscription(image_type, image_topic, self._on_image,
+                                     _qos(cfg.qos_depth, cfg.qos_reliability)),
+            self.create_subscription(TextBoxPrompt, "prompt", self._on_prompt, _PROMPT_QOS),
+            self.create_subscription(String, "category", self._on_category, _PROMPT_QOS)]
         clock = self.get_clock()
         self._worker = Worker(self._scheduler, self._predictor, self._pubs, self._bridge,
                               self._counters, self.get_logger(), lambda: self._cfg,
@@ -394,8 +387,10 @@ class Talk2SAMNode(LifecycleNode):
             self.get_clock().now().to_msg()))
 
 
-def _reliability(name: str) -> ReliabilityPolicy:
-    return ReliabilityPolicy.RELIABLE if name == "reliable" else ReliabilityPolicy.BEST_EFFORT
+def _qos(depth: int, reliability: str) -> QoSProfile:
+    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
+                      reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                      else ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
 
 
 def main(args: list[str] | None = None) -> int:
