@@ -9,11 +9,10 @@ preset/device/checkpoint arguments override it only when given (empty = keep the
 """
 import os
 
-from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+# launch and launch_ros are imported where they are used: the tables below and
+# rviz_available() then load without them (tests on the PyPI ROS wheels, which lack launch).
 
 PACKAGE = "talk2sam_ros"
 NODE_NAME = "talk2sam"
@@ -40,7 +39,7 @@ ARGUMENTS = [
     ("checkpoint_talk2sam", "", "Trained Talk2SAM head (talk2sam-train output); empty = params "
      "file."),
     ("use_rviz", "true", "Start rviz2 with config/talk2sam.rviz (image, overlay, "
-     "similarity_color, mask)."),
+     "similarity_color, mask); skipped with one warning where rviz2 is not installed."),
     ("use_speech", "false", "Start talk2sam_speech (offline speech -> `category`) with "
      "speech_params_file."),
     ("speech_params_file", "", "Speech node parameters YAML; empty = the installed "
@@ -68,7 +67,20 @@ def _true(value: str) -> bool:
     return value.strip().lower() in ("true", "1", "yes", "on")
 
 
+def rviz_available() -> bool:
+    """Whether rviz2 is installed: its package is in the ament index (AMENT_PREFIX_PATH)."""
+    try:
+        get_package_share_directory("rviz2")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def _setup(context, *args, **kwargs):
+    from launch.logging import get_logger
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
     def arg(name: str) -> str:
         return LaunchConfiguration(name).perform(context).strip()
 
@@ -82,12 +94,17 @@ def _setup(context, *args, **kwargs):
                     namespace=namespace, parameters=[params_file, overrides],
                     remappings=remaps, ros_arguments=ros_args, output="screen",
                     emulate_tty=True)]
-    if _true(arg("use_rviz")):
+    if _true(arg("use_rviz")) and rviz_available():
         # The rviz config uses relative topics, so rviz runs in the same namespace and with
         # the same `image` remapping as the node.
         actions.append(Node(package="rviz2", executable="rviz2", name="talk2sam_rviz",
                             namespace=namespace, remappings=remaps, output="screen",
                             arguments=["-d", os.path.join(share, "config", "talk2sam.rviz")]))
+    elif _true(arg("use_rviz")):
+        # Starting it anyway fails ("package 'rviz2' not found"): launch exits 1 and leaves
+        # the node it already started running.
+        get_logger("talk2sam.launch").warning(
+            "rviz2 is not installed: starting without it (use_rviz:=false skips this check)")
     if _true(arg("use_speech")):
         speech_params = arg("speech_params_file") or os.path.join(share, "config", "speech.yaml")
         actions.append(Node(package=PACKAGE, executable="talk2sam_speech",
@@ -98,7 +115,10 @@ def _setup(context, *args, **kwargs):
     return actions
 
 
-def generate_launch_description() -> LaunchDescription:
+def generate_launch_description():
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+
     return LaunchDescription(
         [DeclareLaunchArgument(name, default_value=default, description=description)
          for name, default, description in ARGUMENTS]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import zlib
 
 import cv2
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
+from rosutil import REPO
 from std_msgs.msg import Header
 
 from talk2sam_ros.ros import conversions as conv
@@ -74,12 +77,26 @@ def test_sixteen_bit_encodings_are_scaled_to_eight_bit(bridge, encoding, bigendi
     np.testing.assert_array_equal(out, expected)
 
 
-def test_bridge_16uc_patch(bridge):
-    assert bridge.encoding_to_dtype_with_channels("16UC1") == ("uint16", 1)
-    values = np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000
-    back = bridge.imgmsg_to_cv2(_raw(values, "16UC1"))
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_bridge_reads_16uc_images_as_uint16(bridge, channels):
+    assert bridge.encoding_to_dtype_with_channels(f"16UC{channels}") == ("uint16", channels)
+    values = np.arange(12 * channels, dtype=np.uint16).reshape(3, 4, channels) * 1000
+    values = values[:, :, 0] if channels == 1 else values
+    back = bridge.imgmsg_to_cv2(_raw(values, f"16UC{channels}"))
     assert back.dtype == np.uint16
     np.testing.assert_array_equal(back, values)
+    assert bridge.encoding_to_dtype_with_channels("mono8") == ("uint8", 1)  # the rest as is
+
+
+def test_make_bridge_leaves_cv_bridge_module_state_alone():
+    """The fix overrides a public method of our subclass instead of editing cv_bridge's
+    private module table (a global every CvBridge in the process would see)."""
+    code = ("import cv_bridge; from talk2sam_ros.ros.conversions import make_bridge; "
+            "before = cv_bridge.CvBridge().encoding_to_cvtype2('16UC1'); make_bridge(); "
+            "print(before == cv_bridge.CvBridge().encoding_to_cvtype2('16UC1'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.stdout.strip() == "True", proc.stderr[-2000:]
 
 
 def _bad(**changes) -> Image:
@@ -227,6 +244,17 @@ def test_boxes_inside_clips_and_drops_boxes_outside_the_image():
     np.testing.assert_array_equal(kept, [[0, 0, 50, 60], [90, 70, 100, 80]])
     kept, index = conv.boxes_inside(boxes[1:3], width=100, height=80)
     assert kept.shape == (0, 4) and len(index) == 0
+
+
+def test_boxes_for_frame_clips_and_checks_the_camera_frame():
+    boxes = np.array([[-10, -10, 30, 20], [500, 500, 600, 600]], np.float32)
+    kept, index = conv.boxes_for_frame(boxes, "/cam", "cam", 100, 80, prompt_id=3)
+    np.testing.assert_array_equal(kept, [[0, 0, 30, 20]])
+    assert index.tolist() == [0]
+    with pytest.raises(conv.InputRejected, match="prompt 3 boxes are in frame 'other'"):
+        conv.boxes_for_frame(boxes, "other", "cam", 100, 80, prompt_id=3)
+    with pytest.raises(conv.InputRejected, match="none of prompt 3's 1 box"):
+        conv.boxes_for_frame(boxes[1:], "", "cam", 100, 80, prompt_id=3)
 
 
 def test_clean_text():

@@ -1,13 +1,17 @@
-"""Launch file, parameter YAML, rviz config and the node's parameter table agree.
+"""Launch file, parameter YAML, rviz config, docs/node.md and the node's parameter table agree.
 
 `launch`/`launch_ros` are not installable from PyPI, so the launch file is checked statically
-(ast); where `launch` is importable it is also loaded for real.
+(ast), and its launch-free part (argument tables, the rviz check) is imported and run; where
+`launch` is importable it is also loaded for real.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -15,11 +19,13 @@ import yaml
 from rosutil import REPO
 
 from talk2sam_ros.ros.params import (NODE_NAME, PARAM_BY_NAME, PARAMS, PUBLICATIONS,
-                                      SUBSCRIPTIONS, NodeConfig, node_config_from_params)
+                                     SUBSCRIPTIONS, NodeConfig, change_problem,
+                                     node_config_from_params, update_markdown)
 
 LAUNCH = REPO / "launch" / "segment.launch.py"
 PARAMS_YAML = REPO / "config" / "talk2sam.yaml"
 RVIZ = REPO / "config" / "talk2sam.rviz"
+NODE_DOC = REPO / "docs" / "node.md"
 
 
 def _module_constant(tree: ast.Module, name: str):
@@ -56,7 +62,8 @@ def test_every_launch_argument_has_a_description_and_a_purpose(tree):
         assert topic in SUBSCRIPTIONS + PUBLICATIONS, f"{arg} -> unknown topic {topic}"
     assert {"namespace", "params_file", "use_rviz", "use_speech", "image_topic", "device",
             "preset", "checkpoint_sam_hq", "checkpoint_talk2sam"} <= set(names)
-    assert dict((a[0], a[1]) for a in arguments)["use_speech"] == "false"
+    defaults = dict((a[0], a[1]) for a in arguments)
+    assert defaults["use_speech"] == "false" and defaults["use_rviz"] == "true"
 
 
 def test_arguments_are_declared_through_declare_launch_argument(tree):
@@ -84,6 +91,44 @@ def test_referenced_files_and_executables_exist(tree):
     depends = {e.text for e in package.iter() if e.tag.endswith("depend")}
     assert {"launch", "launch_ros", "rviz2"} <= depends
     assert _module_constant(tree, "NODE_NAME") == NODE_NAME
+
+
+def _launch_module():
+    """The launch file as a module: it imports launch/launch_ros only inside its functions."""
+    spec = importlib.util.spec_from_file_location("segment_launch", LAUNCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ament_prefix(root, packages: tuple[str, ...]):
+    """A real install prefix whose ament index lists `packages`."""
+    index = root / "share" / "ament_index" / "resource_index" / "packages"
+    index.mkdir(parents=True)
+    for name in packages:
+        (index / name).write_text("")
+        (root / "share" / name).mkdir()
+    return root
+
+
+def test_rviz_is_started_only_where_the_ament_index_has_it(tmp_path, monkeypatch, tree):
+    module = _launch_module()
+    without = _ament_prefix(tmp_path / "without", ("talk2sam_ros",))
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(without))
+    assert module.rviz_available() is False
+    with_rviz = _ament_prefix(tmp_path / "with", ("rviz2",))
+    monkeypatch.setenv("AMENT_PREFIX_PATH", f"{without}:{with_rviz}")
+    assert module.rviz_available() is True
+    # the rviz2 Node is created only in the branch where rviz_available() holds
+    setup = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_setup")
+    branch = next(n for n in ast.walk(setup) if isinstance(n, ast.If)
+                  and "rviz_available" in ast.unparse(n.test))
+    in_branch = {ast.literal_eval(k.value) for n in ast.walk(ast.Module(branch.body, []))
+                 if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Node"
+                 for k in n.keywords if k.arg == "executable"}
+    assert in_branch == {"rviz2"}
+    warning = ast.unparse(ast.Module(branch.orelse, []))
+    assert "warning(" in warning and "rviz2 is not installed" in warning
 
 
 def test_launch_file_loads_for_real_where_launch_is_installed():
@@ -134,6 +179,22 @@ def test_parameter_table_is_complete_and_consistent():
     assert defaults.qos_reliability == "best_effort"
 
 
+def test_a_change_is_checked_as_a_whole_against_the_current_values():
+    current = {spec.name: spec.default for spec in PARAMS}
+    assert "non-empty idle_text" in change_problem(
+        current, {"publish_similarity_without_prompt": True})
+    assert change_problem(current, {"publish_similarity_without_prompt": True,
+                                    "idle_text": "cable"}) is None
+    assert "outside" in change_problem(current, {"mask_threshold": 99.0})
+    # a problem already there (both values from a params file) blocks only what keeps it
+    bad = {**current, "publish_similarity_without_prompt": True}
+    assert change_problem(bad, {"mask_threshold": 1.0}) is None
+    assert change_problem(bad, {"idle_text": "cable"}) is None
+    assert change_problem(bad, {"idle_text": "  "}) is None  # no new problem
+    ok = {**current, "publish_similarity_without_prompt": True, "idle_text": "cable"}
+    assert "non-empty idle_text" in change_problem(ok, {"idle_text": " "})
+
+
 @pytest.mark.parametrize("values, words", [
     ({"preset": "xl"}, "preset='xl' is not one of"),
     ({"mask_threshold": 99.0}, "outside"),
@@ -157,8 +218,11 @@ def test_node_config_derived_settings():
         __import__("talk2sam_ros.model", fromlist=["ModelConfig"]).ModelConfig)}
 
 
-def test_docs_tables_cover_every_parameter_topic_and_launch_argument(tree):
-    doc = (REPO / "docs" / "node.md").read_text()
+def test_docs_tables_are_generated_from_the_parameter_and_topic_tables(tree):
+    """docs/node.md is the one place for the tables: regenerate them and compare."""
+    doc = NODE_DOC.read_text(encoding="utf-8")
+    assert update_markdown(doc) == doc, \
+        "docs/node.md is out of date: python -m talk2sam_ros.ros.params docs/node.md"
     for spec in PARAMS:
         assert f"| `{spec.name}` |" in doc, spec.name
     for topic in SUBSCRIPTIONS + PUBLICATIONS:
@@ -167,9 +231,15 @@ def test_docs_tables_cover_every_parameter_topic_and_launch_argument(tree):
         assert f"`{name}`" in doc, name
 
 
-def test_readme_tables_cover_every_parameter_and_topic():
-    readme = (REPO / "README.md").read_text()
-    for spec in PARAMS:
-        assert f"| `{spec.name}` |" in readme, spec.name
-    for topic in SUBSCRIPTIONS + PUBLICATIONS:
-        assert f"| `{topic}` |" in readme, topic
+def test_the_docs_generator_rewrites_stale_tables_and_checks(tmp_path):
+    doc = NODE_DOC.read_text(encoding="utf-8")
+    stale = tmp_path / "node.md"
+    stale.write_text(doc.replace("| `mask_threshold` |", "| `old_name` |"), encoding="utf-8")
+    command = [sys.executable, "-m", "talk2sam_ros.ros.params"]
+    check = subprocess.run([*command, "--check", str(stale)], capture_output=True, text=True,
+                           cwd=REPO, timeout=120)
+    assert check.returncode == 1 and "out of date" in check.stderr
+    assert subprocess.run([*command, str(stale)], cwd=REPO, timeout=120).returncode == 0
+    assert stale.read_text(encoding="utf-8") == doc
+    with pytest.raises(ValueError, match="no generated region for: parameters"):
+        update_markdown(doc.replace("<!-- END GENERATED parameters -->", ""))

@@ -1,14 +1,17 @@
 """talk2sam_node end to end: a real node process (tiny preset) and a client over DDS on loopback.
 
-One node process for the module; the tests run in file order and share its prompt state.
+One node process for the module (start-up imports torch). Every test sets the state it needs
+(the standing prompt, parameters) and undoes its parameter changes, so each passes alone and
+in any order.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from node_harness import (OUTPUTS, Client, key, module_domain, running_node, sample_picture,
-                          start_node, stamped_header)
-from rosutil import stop
+from node_harness import (OUTPUTS, QOS, Client, key, module_domain, running_node,
+                          sample_picture, start_node, stamped_header)
+from rcl_interfaces.srv import SetParametersAtomically
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
 PERSON_BOX = [10.0, 10.0, 80.0, 100.0]
@@ -36,11 +39,25 @@ def _image(client: Client, msg) -> np.ndarray:
     return client.bridge.imgmsg_to_cv2(msg)
 
 
+def _set_standing(client: Client, prompt_id: int = 0, text: str = "", boxes=()) -> None:
+    """Make this the node's standing prompt (empty text: none) and wait until it is."""
+    received = client.counter("prompts_received")
+    client.publish_prompt(prompt_id, text, boxes=boxes)
+    expected = f"{prompt_id}: {text}" if text else ""
+    assert client.spin_until(
+        lambda: int(client.diagnostics[-1]["prompts_received"]) > received
+        and client.diagnostics[-1]["prompt"] == expected, 20), client.diagnostics[-1]
+
+
+def _answers(client: Client, header) -> list:
+    return [r for r in client.received["result"] if key(r.header) == key(header)]
+
+
 def test_image_and_prompt_give_every_output_with_the_source_header(ros, reference):
     client = ros.client
     rgb = sample_picture()
+    _set_standing(client, 42, "person", PERSON_BOX)
     header = client.publish_image(rgb, "bgr8")
-    client.publish_prompt(42, "person", boxes=PERSON_BOX)
     result = client.wait_output("result", header, 42)
     assert result is not None, ros.log_tail()
     msgs = {topic: client.wait_output(topic, header, timeout=10) for topic in OUTPUTS}
@@ -71,11 +88,17 @@ def test_image_and_prompt_give_every_output_with_the_source_header(ros, referenc
     assert {"convert", "encode_image", "predict", "predict.decode"} <= stages
     assert result.frames_received >= 1 and result.frames_processed >= 1
 
+    # the grasp is the geometry of the published mask (valid for this fixed-seed model)
+    from talk2sam_ros.grasp import grasp_from_mask
+    from talk2sam_ros.ros.params import node_config_from_params
+
     grasp = msgs["grasp"]
-    assert grasp.prompt_id == 42
-    if grasp.valid:
-        x, y = int(grasp.grasp_point.x), int(grasp.grasp_point.y)
-        assert mask[y, x] == 255 and len(grasp.centerline.points) >= 2
+    expected_grasp = grasp_from_mask(mask > 0, node_config_from_params({}).grasp)
+    assert grasp.prompt_id == 42 and grasp.valid and expected_grasp.valid
+    assert (grasp.grasp_point.x, grasp.grasp_point.y) == pytest.approx(expected_grasp.point)
+    assert grasp.width_px == pytest.approx(expected_grasp.width_px)
+    assert mask[int(grasp.grasp_point.y), int(grasp.grasp_point.x)] == 255
+    assert len(grasp.centerline.points) == len(expected_grasp.centerline) >= 2
 
     # The node saw exactly this picture (bgr8 -> RGB) and ran the same model on it.
     reference.set_image(rgb)
@@ -87,20 +110,20 @@ def test_image_and_prompt_give_every_output_with_the_source_header(ros, referenc
 
 def test_text_only_prompt_from_category_reuses_the_newest_frame(ros):
     client = ros.client
-    header = client.received["result"][-1].header
-    client.publish_category("person")
+    _set_standing(client, 43, "person", PERSON_BOX)
+    header = client.publish_image(sample_picture())
+    assert client.wait_output("result", header, 43) is not None, ros.log_tail()
+    client.publish_category("person")  # a new standing prompt: the newest frame at once
     result = client.wait_output("result", header, prompt_id=-1)
     assert result is not None, ros.log_tail()
     assert result.text == "person" and result.boxes_from_text and not result.box_indices
     assert len(result.boxes) >= 4 and len(result.boxes) == 4 * len(result.scores)
     assert result.reused_encoding  # same frame as the previous prompt: no new encoding
-    mask = client.wait_output("mask", header)
-    assert mask is not None
 
 
 def test_three_prompts_on_one_frame_cost_one_image_encoding(ros):
     client = ros.client
-    client.publish_prompt(0, "")  # clear: the next frame is only cached
+    _set_standing(client)  # none: the next frame is only cached
     idle = client.counter("frames_idle")
     header = client.publish_image(sample_picture()[::-1].copy(), "rgb8")
     assert client.spin_until(lambda: int(client.diagnostics[-1]["frames_idle"]) > idle, 20)
@@ -124,25 +147,56 @@ def test_repeated_prompt_text_is_logged_once(ros):
         client.publish_prompt(prompt_id, "guitar string", boxes=PERSON_BOX)
     assert client.spin_until(
         lambda: int(client.diagnostics[-1]["prompts_received"]) >= received + 5, 20)
+    header = client.publish_image(sample_picture())
+    for prompt_id in (206, 207):  # stamped, for that frame
+        client.publish_prompt(prompt_id, "guitar string", boxes=PERSON_BOX, stamp=header)
+    assert client.wait_output("result", header, 207) is not None, ros.log_tail()
     log = ros.log.read_text(errors="replace")
     assert "prompt 201: 'guitar string'" in log, ros.log_tail()
-    assert not any(f"prompt {i}:" in log for i in range(202, 206)), ros.log_tail()
+    assert not any(f"prompt {i}:" in log for i in range(202, 208)), ros.log_tail()
 
 
-def test_prompt_for_an_uncached_frame_applies_to_the_following_frames(ros):
+def test_stamped_prompts_answer_only_their_own_frame(ros):
+    """A detector sending each frame's boxes as a stamped prompt: every frame is answered once,
+    with its own boxes, whether its prompt comes after the image or before it; a prompt for a
+    frame that is gone answers no other frame."""
     client = ros.client
-    missed = client.counter("prompt_frame_missed")
-    client.publish_prompt(7, "person", boxes=PERSON_BOX, stamp=stamped_header(sec=5))
-    assert client.spin_until(
-        lambda: int(client.diagnostics[-1]["prompt_frame_missed"]) == missed + 1, 20)
-    header = client.publish_image(sample_picture())
-    assert client.wait_output("result", header, 7) is not None, ros.log_tail()
+    _set_standing(client)  # the detector alone
+    before = client.latest_diagnostics()
+    picture = sample_picture()
+    first, second = [10.0, 10.0, 80.0, 100.0], [20.0, 30.0, 150.0, 110.0]
+    h1 = client.publish_image(picture)
+    client.publish_prompt(301, "person", boxes=first, stamp=h1)
+    assert client.wait_output("result", h1, 301) is not None, ros.log_tail()
+    h2 = client.publish_image(picture[:, ::-1].copy())
+    client.spin_for(1.0)  # time the worker had to answer it with the previous frame's boxes
+    client.publish_prompt(302, "person", boxes=second, stamp=h2)
+    assert client.wait_output("result", h2, 302) is not None, ros.log_tail()
+    h3 = stamped_header()
+    client.publish_prompt(303, "person", boxes=first, stamp=h3)  # before its frame
+    client.spin_for(0.5)
+    client.publish_image(picture, header=h3)
+    assert client.wait_output("result", h3, 303) is not None, ros.log_tail()
+    client.publish_prompt(304, "person", boxes=first, stamp=stamped_header(sec=5))  # gone
+    assert client.spin_until(lambda: int(client.diagnostics[-1]["prompt_frame_missed"])
+                             == int(before["prompt_frame_missed"]) + 1, 20)
+    h4 = client.publish_image(picture)
+    assert client.spin_until(lambda: int(client.diagnostics[-1]["frames_received"])
+                             == int(before["frames_received"]) + 4, 20)
+    client.spin_for(1.0)
+    for header, prompt_id, boxes in [(h1, 301, first), (h2, 302, second), (h3, 303, first)]:
+        answers = _answers(client, header)
+        assert [a.prompt_id for a in answers] == [prompt_id], [a.prompt_id for a in answers]
+        assert list(answers[0].boxes) == boxes
+    assert _answers(client, h4) == []
+    assert "prompt 304: frame 5." in ros.log.read_text(errors="replace")
 
 
 def test_boxes_are_clipped_and_boxes_outside_dropped(ros):
     client = ros.client
-    client.publish_prompt(8, "person", boxes=[-20, -30, 50, 40, 500, 500, 600, 600, 90, 5, 60, 50])
     header = client.publish_image(sample_picture())
+    client.publish_prompt(8, "person", boxes=[-20, -30, 50, 40, 500, 500, 600, 600, 90, 5, 60, 50],
+                          stamp=header)
     result = client.wait_output("result", header, 8)
     assert result is not None, ros.log_tail()
     # box 1 clipped, box 2 (outside) dropped, box 3 inverted -> sorted
@@ -154,11 +208,13 @@ def test_boxes_are_clipped_and_boxes_outside_dropped(ros):
 
 def test_rejected_inputs_are_counted_and_the_node_goes_on(ros):
     client = ros.client
+    _set_standing(client)
     before = client.latest_diagnostics()
     client.image_pub.publish(Image(height=2, width=2, encoding="32FC1", step=8, data=bytes(16)))
     client.publish_prompt(9, "person", boxes=[1, 2, 3])  # not a multiple of 4
-    client.publish_prompt(10, "person", boxes=PERSON_BOX, frame_id="other_camera")
-    header = client.publish_image(sample_picture())  # boxes in another camera's frame
+    header = client.publish_image(sample_picture())
+    client.publish_prompt(10, "person", boxes=PERSON_BOX, frame_id="other_camera",
+                          stamp=header)  # boxes in another camera's frame
     assert client.spin_until(lambda: int(client.diagnostics[-1]["frames_rejected"])
                              > int(before["frames_rejected"]), 30), ros.log_tail()
     after = client.latest_diagnostics()
@@ -169,49 +225,96 @@ def test_rejected_inputs_are_counted_and_the_node_goes_on(ros):
     assert "rejected image: image encoding '32FC1' is not supported" in log
     assert "rejected prompt 9: prompt has 3 box values, not a multiple of 4" in log
     # the same frame written with tf2's optional leading slash
-    client.publish_prompt(11, "person", boxes=PERSON_BOX, frame_id="/camera_optical")
     header = client.publish_image(sample_picture())
+    client.publish_prompt(11, "person", boxes=PERSON_BOX, frame_id="/camera_optical",
+                          stamp=header)
     assert client.wait_output("result", header, 11) is not None, ros.log_tail()
 
 
 def test_visual_outputs_are_only_computed_when_subscribed(ros):
     client = ros.client
-    for sub in [s for s in client.node.subscriptions if s.topic_name in ("/overlay", "/grasp")]:
+    topics = ("overlay", "grasp")
+    for sub in [s for s in client.node.subscriptions if s.topic_name.lstrip("/") in topics]:
         client.node.destroy_subscription(sub)
-    assert client.spin_until(lambda: client.node.count_subscribers("/overlay") == 0
-                             and client.node.count_subscribers("/grasp") == 0, 10)
-    client.spin_for(0.5)  # let the node's graph cache see the subscriptions go
-    client.publish_prompt(12, "person", boxes=PERSON_BOX)
-    header = client.publish_image(sample_picture())
-    result = client.wait_output("result", header, 12)
-    assert result is not None, ros.log_tail()
-    stages = {t.stage for t in result.timing}
-    assert "overlay" not in stages and "grasp" not in stages
-    assert "publish_maps" in stages
+    try:
+        assert client.spin_until(lambda: all(client.node.count_subscribers(f"/{t}") == 0
+                                             for t in topics), 10)
+        client.spin_for(0.5)  # let the node's graph cache see the subscriptions go
+        header = client.publish_image(sample_picture())
+        client.publish_prompt(12, "person", boxes=PERSON_BOX, stamp=header)
+        result = client.wait_output("result", header, 12)
+        assert result is not None, ros.log_tail()
+        stages = {t.stage for t in result.timing}
+        assert "overlay" not in stages and "grasp" not in stages
+        assert "publish_maps" in stages
+    finally:  # the other tests want every output
+        for topic in topics:
+            client.node.create_subscription(OUTPUTS[topic], topic,
+                                            lambda msg, t=topic: client.received[t].append(msg),
+                                            QOS)
+        assert client.spin_until(lambda: all(client.node.count_subscribers(f"/{t}") == 1
+                                             for t in topics), 10)
+        client.spin_for(0.5)
 
 
 def test_similarity_without_prompt_publishes_only_the_maps(ros):
     client = ros.client
-    results = client.set_parameters(publish_similarity_without_prompt=True, idle_text="cable")
-    assert all(r.successful for r in results)
-    client.publish_prompt(0, "")  # no prompt from here on
-    header = client.publish_image(sample_picture())
-    similarity = client.wait_output("similarity", header)
-    assert similarity is not None, ros.log_tail()
-    assert client.wait_output("similarity_color", header, timeout=10) is not None
-    assert client.output("result", header) is None and client.output("mask", header) is None
-    assert client.set_parameters(publish_similarity_without_prompt=False)[0].successful
+    # one at a time (the SetParameters service is not atomic): the rule holds after each
+    results = client.set_parameters(idle_text="cable", publish_similarity_without_prompt=True)
+    try:
+        assert all(r.successful for r in results), results
+        _set_standing(client)  # no prompt from here on
+        header = client.publish_image(sample_picture())
+        similarity = client.wait_output("similarity", header)
+        assert similarity is not None, ros.log_tail()
+        assert client.wait_output("similarity_color", header, timeout=10) is not None
+        assert client.output("result", header) is None and client.output("mask", header) is None
+    finally:
+        assert all(r.successful for r in client.set_parameters(
+            publish_similarity_without_prompt=False, idle_text=""))
 
 
-def test_sigint_stops_the_node_cleanly(ros):
-    assert ros.proc.poll() is None, ros.log_tail()
-    assert stop(ros.proc, timeout=30) == 0, ros.log_tail()
-    log = ros.log.read_text()
-    assert "Traceback" not in log, log[-3000:]
+def _set_atomically(client: Client, **values) -> tuple[bool, str]:
+    srv = client.node.create_client(SetParametersAtomically,
+                                    f"{client.fqn}/set_parameters_atomically")
+    try:
+        assert client.spin_until(srv.service_is_ready, 30)
+        future = srv.call_async(SetParametersAtomically.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]))
+        assert client.spin_until(future.done, 30)
+        return future.result().result.successful, future.result().result.reason
+    finally:
+        client.node.destroy_client(srv)
+
+
+def test_a_rule_between_parameters_is_checked_on_the_whole_change(ros):
+    """Defect 3: publish_similarity_without_prompt without an idle_text used to be accepted but
+    not applied, and then blocked every later live change and the next configure."""
+    client = ros.client
+    result = client.set_parameters(publish_similarity_without_prompt=True)[0]
+    assert not result.successful and "needs a non-empty idle_text" in result.reason
+    try:  # a later live change still applies: no mask for the next frame
+        assert client.set_parameters(publish_mask=False)[0].successful
+        header = client.publish_image(sample_picture())
+        client.publish_prompt(60, "person", boxes=PERSON_BOX, stamp=header)
+        assert client.wait_output("result", header, 60) is not None, ros.log_tail()
+        client.spin_for(0.5)
+        assert client.output("mask", header) is None
+    finally:
+        assert client.set_parameters(publish_mask=True)[0].successful
+    # both together, atomically, are fine; and undone together
+    assert _set_atomically(client, publish_similarity_without_prompt=True,
+                           idle_text="cable") == (True, "")
+    assert _set_atomically(client, publish_similarity_without_prompt=False,
+                           idle_text="") == (True, "")
+    ok, reason = _set_atomically(client, publish_similarity_without_prompt=True,
+                                 mask_threshold=1.0)
+    assert not ok and "needs a non-empty idle_text" in reason
+    assert client.latest_diagnostics()["state"] == "active"
 
 
 def test_rejection_logs_are_throttled_per_kind_of_reason():
-    from talk2sam_ros.ros.node import Throttle, reason_kind
+    from talk2sam_ros.ros.counters import Throttle, reason_kind
 
     assert reason_kind("image encoding '🙂' is not supported") == \
         reason_kind("image encoding 'yuv422' is not supported")

@@ -1,54 +1,89 @@
 """talk2sam_node lifecycle over the real /<node>/change_state service from this process.
 
-The node runs from the `talk2sam_node` console script with autostart off, in namespace /robot,
-with compressed input remapped to /camera/image_raw. Tests run in file order on one process.
+The nodes run from the `talk2sam_node` console script with autostart off, in namespace /robot,
+with compressed input remapped to /camera/image_raw. Each test drives its node to the state it
+needs first (`_reach`) and undoes its parameter changes, so each passes alone and in any order:
+`startup` (values refused at start-up) is only read or left unconfigured, `ros` is driven
+through the transitions, and the test that finalizes a node starts its own.
 """
 from __future__ import annotations
+
+import signal
+import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import rclpy
-from node_harness import (Client, key, module_domain, ros_environment, sample_picture,
-                          start_node)
+from node_harness import (START_TIMEOUT, Client, key, module_domain, ros_environment,
+                          sample_picture, start_node)
 from rosutil import stop
-from std_msgs.msg import Header
 
 MISSING = "/nonexistent/dir/talk2sam_tiny.pt"
+NODE_ARGS = ("-p", "autostart:=false", "-p", "image_transport:=compressed",
+             "-p", "diagnostics_period_s:=0.25", "-r", "__ns:=/robot",
+             "-r", "image:=/camera/image_raw")
 
 
 class Ros:
     def __init__(self, client: Client, proc, log, tmp) -> None:
         self.client, self.proc, self.log, self.tmp = client, proc, log, tmp
-        self.last_header: Header | None = None  # last frame processed before a deactivation
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
 
-@pytest.fixture(scope="module")
-def ros(tmp_path_factory):
-    domain = module_domain(2)
-    tmp = tmp_path_factory.mktemp("lifecycle")
+@contextmanager
+def _running(tmp_path_factory, salt: int, name: str, *args: str):
+    domain = module_domain(salt)
+    tmp = tmp_path_factory.mktemp(name)
     log = tmp / "talk2sam_node.log"
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in ros_environment(domain).items():
-            mp.setenv(name, value)
-        proc = start_node(log, domain, "-p", "autostart:=false",
-                          "-p", "max_rate_hz:=5", "-p", "qos_depth:=0",  # int for a float; range
-                          "-p", f"checkpoint_talk2sam:={MISSING}",
-                          "-p", "image_transport:=compressed", "-p", "diagnostics_period_s:=0.25",
-                          "-r", "__ns:=/robot", "-r", "image:=/camera/image_raw",
-                          console_script=True)
+        for var, value in ros_environment(domain).items():
+            mp.setenv(var, value)
+        proc = start_node(log, domain, *NODE_ARGS, *args, console_script=True)
         context = rclpy.Context()
         rclpy.init(context=context, domain_id=domain)
         client = Client(context, namespace="/robot", image_topic="/camera/image_raw/compressed",
                         compressed=True)
         try:
+            client.latest_diagnostics(START_TIMEOUT)  # up: /diagnostics comes from start-up
             yield Ros(client, proc, log, tmp)
         finally:
             client.close()
             context.try_shutdown()
             stop(proc)
+
+
+@pytest.fixture(scope="module")
+def startup(tmp_path_factory):
+    """A node whose start-up values were refused (an int for a float; out of range)."""
+    with _running(tmp_path_factory, 2, "startup", "-p", "max_rate_hz:=5", "-p", "qos_depth:=0",
+                  "-p", f"checkpoint_talk2sam:={MISSING}") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def ros(tmp_path_factory):
+    with _running(tmp_path_factory, 4, "lifecycle") as running:
+        yield running
+
+
+# transition that leaves each state towards the target: (from, to) -> transition
+_PATH = {("active", "inactive"): "deactivate", ("active", "unconfigured"): "deactivate",
+         ("inactive", "unconfigured"): "cleanup", ("inactive", "active"): "activate",
+         ("unconfigured", "inactive"): "configure", ("unconfigured", "active"): "configure"}
+
+
+def _reach(ros: Ros, target: str) -> None:
+    """Drive the node from its current state to `target` (unconfigured, inactive, active)."""
+    client = ros.client
+    for _ in range(3):
+        state = client.state()
+        if state == target:
+            return
+        assert client.change_state(_PATH[state, target]), ros.log_text()[-3000:]
+    assert client.state() == target
 
 
 def _image_subscribed(client: Client, expected: bool) -> bool:
@@ -62,38 +97,52 @@ def _segment(client: Client, prompt_id: int):
     return header, client.wait_output("result", header, prompt_id)
 
 
-def test_without_autostart_the_node_waits_unconfigured(ros):
-    assert ros.client.state() == "unconfigured", ros.log_text()[-3000:]
-    assert "autostart is false" in ros.log_text()
+def _status(client: Client, done, timeout: float = 30.0) -> dict[str, str]:
+    """The first diagnostics status for which done(status) holds."""
+    assert client.spin_until(lambda: client.diagnostics and done(client.diagnostics[-1]),
+                             timeout), client.diagnostics[-1:]
+    return client.diagnostics[-1]
 
 
-def test_refused_start_up_values_keep_the_node_up_and_configure_failing_until_set(ros):
-    client = ros.client
-    log = ros.log_text()
+def test_without_autostart_the_node_waits_unconfigured(startup):
+    assert startup.client.state() == "unconfigured", startup.log_text()[-3000:]
+    assert "autostart is false" in startup.log_text()
+
+
+def test_refused_start_up_values_keep_the_node_up_and_configure_failing_until_set(startup):
+    client = startup.client
+    log = startup.log_text()
     assert "parameter max_rate_hz refused" in log and "parameter qos_depth refused" in log
     assert client.change_state("configure") is False
-    assert client.state() == "unconfigured" and ros.proc.poll() is None
-    assert "configure failed: start-up values refused" in ros.log_text()
-    assert "Traceback" not in ros.log_text()
+    assert client.state() == "unconfigured" and startup.proc.poll() is None
+    assert "configure failed: start-up values refused" in startup.log_text()
+    assert "Traceback" not in startup.log_text()
     assert all(r.successful for r in client.set_parameters(max_rate_hz=5.0, qos_depth=3))
+    assert client.change_state("configure") is False  # now only the weights file is missing
+    assert f"configure failed: checkpoint_talk2sam='{MISSING}'" in startup.log_text()
 
 
 def test_configure_fails_cleanly_on_missing_and_corrupt_weights(ros):
     client = ros.client
-    assert client.change_state("configure") is False
-    assert client.state() == "unconfigured"
-    assert f"configure failed: checkpoint_talk2sam='{MISSING}'" in ros.log_text()
-    # the reason is on /diagnostics too (tools read it there, not from the log)
-    status = client.latest_diagnostics()
-    assert status["state"] == "unconfigured", status
-    assert status["configure_error"].startswith(f"checkpoint_talk2sam='{MISSING}'"), status
-    corrupt = ros.tmp / "corrupt_talk2sam.pt"
-    corrupt.write_bytes(b"PK\x03\x04 definitely not a torch file" * 10)
-    assert all(r.successful for r in client.set_parameters(checkpoint_talk2sam=str(corrupt)))
-    assert client.change_state("configure") is False
-    assert client.state() == "unconfigured"
-    assert f"cannot read {corrupt}" in ros.log_text()
-    assert ros.proc.poll() is None
+    _reach(ros, "unconfigured")
+    assert client.set_parameters(checkpoint_talk2sam=MISSING)[0].successful
+    try:
+        assert client.change_state("configure") is False
+        assert client.state() == "unconfigured"
+        assert f"configure failed: checkpoint_talk2sam='{MISSING}'" in ros.log_text()
+        # the reason is on /diagnostics too (tools read it there, not from the log)
+        status = client.latest_diagnostics()
+        assert status["state"] == "unconfigured", status
+        assert status["configure_error"].startswith(f"checkpoint_talk2sam='{MISSING}'"), status
+        corrupt = ros.tmp / "corrupt_talk2sam.pt"
+        corrupt.write_bytes(b"PK\x03\x04 definitely not a torch file" * 10)
+        assert client.set_parameters(checkpoint_talk2sam=str(corrupt))[0].successful
+        assert client.change_state("configure") is False
+        assert client.state() == "unconfigured"
+        assert f"cannot read {corrupt}" in ros.log_text()
+        assert ros.proc.poll() is None
+    finally:
+        assert client.set_parameters(checkpoint_talk2sam="")[0].successful
 
 
 def test_invalid_parameter_values_are_refused_with_a_reason(ros):
@@ -113,22 +162,28 @@ def test_configure_succeeds_once_the_weights_path_is_fixed(ros):
     save_trained_weights(build_talk2sam(get_preset("tiny").replace(train_clip_projection=True)),
                          weights)
     client = ros.client
-    assert all(r.successful for r in client.set_parameters(checkpoint_talk2sam=str(weights)))
-    assert client.change_state("configure") is True, ros.log_text()[-3000:]
-    assert client.state() == "inactive"
-    assert f"talk2sam: {weights}" in ros.log_text()
-    assert client.spin_until(lambda: client.node.count_publishers("/robot/result") > 0, 30)
-    assert client.image_pub.get_subscription_count() == 0  # inactive: not subscribed yet
+    _reach(ros, "unconfigured")
+    assert client.set_parameters(checkpoint_talk2sam=MISSING)[0].successful
+    try:
+        assert client.change_state("configure") is False
+        assert client.set_parameters(checkpoint_talk2sam=str(weights))[0].successful
+        assert client.change_state("configure") is True, ros.log_text()[-3000:]
+        assert client.state() == "inactive"
+        assert f"talk2sam: {weights}" in ros.log_text()
+        assert client.spin_until(lambda: client.node.count_publishers("/robot/result") > 0, 30)
+        assert client.image_pub.get_subscription_count() == 0  # inactive: not subscribed yet
+    finally:
+        assert client.set_parameters(checkpoint_talk2sam="")[0].successful
 
 
 def test_activate_processes_compressed_frames_in_the_namespace(ros):
     client = ros.client
+    _reach(ros, "inactive")
     assert client.change_state("activate") is True
     assert client.state() == "active"
     assert client.wait_active(60)
     header, result = _segment(client, 1)
     assert result is not None, ros.log_text()[-3000:]
-    ros.last_header = header
     assert (result.image_width, result.image_height) == (160, 120)
     mask = client.wait_output("mask", header)
     assert key(mask.header) == key(header) and (mask.width, mask.height) == (160, 120)
@@ -137,32 +192,73 @@ def test_activate_processes_compressed_frames_in_the_namespace(ros):
 
 def test_deactivate_stops_processing_and_activate_resumes(ros):
     client = ros.client
+    _reach(ros, "active")
+    assert client.wait_active(60)
+    before, result = _segment(client, 2)
+    assert result is not None, ros.log_text()[-3000:]
     assert client.change_state("deactivate") is True
     assert client.state() == "inactive"
     assert _image_subscribed(client, False)
     assert client.change_state("activate") is True
     assert _image_subscribed(client, True)
     # frames from before the deactivation are gone: a prompt for one is not answered with it
-    client.publish_prompt(3, "person", boxes=[10, 10, 80, 100], stamp=ros.last_header)
-    assert client.spin_until(lambda: client.diagnostics and
-                             client.diagnostics[-1].get("prompt_frame_missed") == "1", 30), \
-        ros.log_text()[-3000:]
-    assert client.output("result", ros.last_header, 3) is None
-    header, result = _segment(client, 2)
+    # (the counters start again at activation)
+    client.publish_prompt(3, "person", boxes=[10, 10, 80, 100], stamp=before)
+    _status(client, lambda s: int(s["prompt_frame_missed"]) == 1)
+    assert client.output("result", before, 3) is None
+    header, result = _segment(client, 4)
     assert result is not None, ros.log_text()[-3000:]
 
 
-def test_cleanup_releases_the_model_and_shutdown_finalizes(ros):
+def test_a_worker_stuck_in_a_frame_keeps_the_model_and_publishers_until_it_ends(ros):
+    """Defect 4: after the worker join timed out, teardown freed the predictor and destroyed
+    the publishers under the live worker (and a new one could start next to it)."""
     client = ros.client
-    assert client.change_state("deactivate") is True
-    assert client.change_state("cleanup") is True
-    assert client.state() == "unconfigured"
-    assert client.spin_until(lambda: client.node.count_publishers("/robot/result") == 0, 30)
-    assert "cleaned up: model released" in ros.log_text()
-    assert client.change_state("configure") is True  # loads again after cleanup
-    assert client.change_state("shutdown") is True
-    assert client.state() == "finalized"
-    assert ros.proc.poll() is None
-    assert stop(ros.proc, timeout=30) == 0
-    log = ros.log_text()
-    assert "Traceback" not in log, log[-3000:]
+    _reach(ros, "active")
+    assert client.wait_active(60)
+    assert client.set_parameters(worker_stop_timeout_s=0.5, debug_delay_ms=8000)[0].successful
+    try:
+        client.publish_image(sample_picture())  # the frame the worker gets stuck in (8 s)
+        client.publish_prompt(5, "person", boxes=[10, 10, 80, 100])
+        _status(client, lambda s: s["worker"] == "busy")
+        assert client.change_state("deactivate") is True  # after waiting 0.5 s for it
+        assert client.change_state("cleanup") is True
+        status = _status(client, lambda s: s["state"] == "unconfigured")
+        assert status["worker"] == "stopping" and status["model_loaded"] == "True", status
+        assert client.node.count_publishers("/robot/result") == 1  # kept for the worker
+        assert "the model is released when the worker ends" in ros.log_text()
+        assert client.change_state("configure") is False  # never two workers on one model
+        assert "the previous activation's worker is still running a frame" in \
+            client.latest_diagnostics()["configure_error"]
+        _status(client, lambda s: s["worker"] == "none" and s["model_loaded"] == "False")
+        assert client.spin_until(lambda: client.node.count_publishers("/robot/result") == 0, 30)
+        assert "the stopped worker has ended: model and publishers released" in ros.log_text()
+    finally:
+        assert all(r.successful for r in client.set_parameters(worker_stop_timeout_s=30.0,
+                                                               debug_delay_ms=0))
+    _reach(ros, "active")  # recovered
+    assert client.wait_active(60)
+    assert _segment(client, 6)[1] is not None, ros.log_text()[-3000:]
+    assert "Traceback" not in ros.log_text()
+
+
+def test_cleanup_releases_the_model_and_shutdown_finalizes(tmp_path_factory):
+    with _running(tmp_path_factory, 6, "finalize") as own:
+        client = own.client
+        assert client.change_state("configure") is True
+        assert client.change_state("cleanup") is True
+        assert client.state() == "unconfigured"
+        assert client.spin_until(lambda: client.node.count_publishers("/robot/result") == 0, 30)
+        assert "cleaned up: model released" in own.log_text()
+        assert client.latest_diagnostics()["model_loaded"] == "False"
+        assert client.change_state("configure") is True  # loads again after cleanup
+        assert client.change_state("shutdown") is True
+        assert client.state() == "finalized"
+        assert own.proc.poll() is None
+        # then Ctrl-C, twice as a terminal plus launch send it: a clean exit all the same
+        own.proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        own.proc.send_signal(signal.SIGINT)
+        assert stop(own.proc, timeout=60) == 0, own.log_text()[-3000:]
+        log = own.log_text()
+        assert "Traceback" not in log, log[-3000:]

@@ -2,7 +2,8 @@
 
 One node process (tiny preset, reliable image QoS with depth 100 so that every message sent is
 received and can be accounted for). The slow model is emulated with the node's testing-only
-`debug_delay_ms` parameter.
+`debug_delay_ms` parameter. Each test sets the prompt and parameters it needs and undoes its
+parameter changes, so each passes alone and in any order.
 """
 from __future__ import annotations
 
@@ -48,11 +49,25 @@ def _settled(client: Client, timeout: float = 60.0) -> dict[str, int]:
     raise AssertionError("node counters did not settle")
 
 
+def _set_standing(client: Client, prompt_id: int, text: str, boxes) -> None:
+    client.publish_prompt(prompt_id, text, boxes=boxes)
+    assert client.spin_until(lambda: client.diagnostics
+                             and client.diagnostics[-1]["prompt"] == f"{prompt_id}: {text}", 20)
+
+
 def test_30hz_stream_on_a_slow_model_processes_the_newest_frame_with_bounded_age(ros):
     client = ros.client
     assert client.set_parameters(debug_delay_ms=DELAY_MS)[0].successful
+    try:
+        _stream_on_a_slow_model(ros)
+    finally:
+        assert client.set_parameters(debug_delay_ms=0)[0].successful
+
+
+def _stream_on_a_slow_model(ros) -> None:
+    client = ros.client
     picture = sample_picture(48, 64)
-    client.publish_prompt(20, "person", boxes=[5, 5, 40, 40])  # before any image
+    _set_standing(client, 20, "person", [5, 5, 40, 40])
     before = _settled(client)
     headers = []
     start = time.monotonic()
@@ -80,18 +95,15 @@ def test_30hz_stream_on_a_slow_model_processes_the_newest_frame_with_bounded_age
     assert max(r.frame_age_ms for r in results) < bound, ([r.frame_age_ms for r in results],
                                                            per_frame)
     assert bound < 0.5 * 90 * min(per_frame)
-    assert client.set_parameters(debug_delay_ms=0)[0].successful
 
 
-
-def test_a_stamped_prompt_for_the_waiting_frame_answers_it_once(ros):
-    """A frame waiting for the worker (held back by max_rate_hz: one start per 4 s) and a
-    stamped prompt for it: the prompt's request answers the frame, which then no longer waits
-    (it would otherwise be run a second time with the same prompt, or be counted dropped
-    when the next frame replaces it)."""
+def test_a_stamped_prompt_for_the_waiting_frame_answers_that_frame_only(ros):
+    """A frame waiting for the worker with the standing prompt (held back by max_rate_hz: one
+    start per 4 s) and a stamped prompt for it: the frame gets both answers, each once and
+    on one encoding; the following frame only the standing prompt's."""
     client = ros.client
     picture = sample_picture(48, 64)
-    client.publish_prompt(30, "person", boxes=[5, 5, 40, 40])
+    _set_standing(client, 30, "person", [5, 5, 40, 40])
     before = _settled(client)
     assert client.set_parameters(max_rate_hz=0.25)[0].successful
     try:
@@ -100,15 +112,21 @@ def test_a_stamped_prompt_for_the_waiting_frame_answers_it_once(ros):
         waiting = client.publish_image(picture, "rgb8")  # held until 4 s after `first`
         client.publish_prompt(31, "person", boxes=[8, 8, 30, 40], stamp=waiting)
         assert client.wait_output("result", waiting, 31) is not None, ros.log_tail()
-        following = client.publish_image(picture, "rgb8")  # the state is prompt 31 now
-        assert client.wait_output("result", following, 31) is not None, ros.log_tail()
+        assert client.wait_output("result", waiting, 30) is not None, ros.log_tail()
+        following = client.publish_image(picture, "rgb8")
+        assert client.wait_output("result", following, 30) is not None, ros.log_tail()
     finally:
         assert client.set_parameters(max_rate_hz=0.0)[0].successful
-    answers = [r.prompt_id for r in client.received["result"] if key(r.header) == key(waiting)]
-    assert answers == [31]
+    client.spin_for(1.0)
+    answers = [r for r in client.received["result"] if key(r.header) == key(waiting)]
+    assert sorted(r.prompt_id for r in answers) == [30, 31]
+    assert sorted(r.reused_encoding for r in answers) == [False, True]
+    assert [r.prompt_id for r in client.received["result"]
+            if key(r.header) == key(following)] == [30]
     after = _counts(client)
     assert after["frames_dropped"] == before["frames_dropped"]
-    assert after["frames_processed"] - before["frames_processed"] == 3
+    assert after["frames_processed"] - before["frames_processed"] == 4
+
 
 def _malformed_image(rng: np.random.Generator) -> tuple[Image, bool]:
     """A random image message and whether its header fields must be rejected."""

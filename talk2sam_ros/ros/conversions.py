@@ -9,6 +9,7 @@ table and colour conversions; the row view is ours because the PyPI cv_bridge ig
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 
 import cv2
@@ -34,11 +35,21 @@ class InputRejected(ValueError):
     """A message the node cannot use; the text is the one log line that says why."""
 
 
+class Bridge(CvBridge):
+    """CvBridge with the PyPI port's 16UC1..4 bug fixed: its table maps them to CV_8UCn, so
+    16UC1 depth images would decode to uint8 from the wrong bytes. Overriding the public
+    lookup keeps the library's module state untouched."""
+
+    def encoding_to_cvtype2(self, encoding: str) -> int:
+        match = re.fullmatch(r"16UC([1-4])", encoding)
+        if match:
+            return getattr(cv2, f"CV_16UC{match.group(1)}")
+        return super().encoding_to_cvtype2(encoding)
+
+
 def make_bridge() -> CvBridge:
-    """A CvBridge with the PyPI port's 16UC1..4 table bug fixed (they map to CV_8UCn there)."""
-    for n in (1, 2, 3, 4):
-        cv_bridge_boost._CV_TYPES[f"16UC{n}"] = getattr(cv2, f"CV_16UC{n}")
-    return CvBridge()
+    """The bridge every conversion here uses (:class:`Bridge`)."""
+    return Bridge()
 
 
 def copy_header(header: Header) -> Header:
@@ -230,6 +241,23 @@ def boxes_inside(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray
             continue
         index.append(i)
     return np.asarray(kept, np.float32).reshape(-1, 4), np.asarray(index, np.int64)
+
+
+def boxes_for_frame(boxes: np.ndarray, boxes_frame: str, image_frame: str, width: int,
+                    height: int, prompt_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """A prompt's boxes clipped to this W x H frame and the indices kept (boxes_inside).
+
+    Raises InputRejected when the boxes are in another camera frame (same_frame) or when no
+    box overlaps the image.
+    """
+    if not same_frame(boxes_frame, image_frame):
+        raise InputRejected(f"prompt {prompt_id} boxes are in frame {boxes_frame!r}, the "
+                            f"image in {image_frame!r}")
+    kept_boxes, kept = boxes_inside(boxes, width, height)
+    if len(kept_boxes) == 0:
+        raise InputRejected(f"none of prompt {prompt_id}'s {len(boxes)} box(es) overlaps "
+                            f"the {width}x{height} image")
+    return kept_boxes, kept
 
 
 def clean_text(text: str, max_length: int) -> str:

@@ -1,13 +1,19 @@
 """The segmentation node's parameters (one table) and their conversion into a NodeConfig.
 
-Torch-free and rclpy-free: the node declares every entry of :data:`PARAMS` with its description and range, and
-turns the values into a :class:`NodeConfig` with :func:`node_config_from_params` (the one place
-where parameters are interpreted). Tests and the launch-file check import the same table.
+Torch-free and rclpy-free: the node declares every entry of :data:`PARAMS` with its
+description and range, and turns the values into a :class:`NodeConfig` with
+:func:`node_config_from_params` (the one place where parameters are interpreted). :data:`TOPICS`
+lists the node's topics. Tests, the launch-file check and the tables of docs/node.md
+(:func:`update_markdown`; ``python -m talk2sam_ros.ros.params docs/node.md``) use the same tables.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import argparse
+import re
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from talk2sam_ros.common.params import ParamSpec, values_from_params
@@ -17,11 +23,70 @@ from talk2sam_ros.model.config import (CHECKPOINT_PARTS, DEVICE_HELP, DEVICE_PAT
 from talk2sam_ros.weights.resolve import InferenceSpec
 
 NODE_NAME = "talk2sam"
-# Relative topic names (all remappable). Compressed input is `<resolved image>/compressed`.
-SUBSCRIPTIONS = ("image", "prompt", "category")
-PUBLICATIONS = ("mask", "mask_labels", "similarity", "similarity_color", "overlay", "result",
-                "grasp")
 DIAGNOSTICS_TOPIC = "/diagnostics"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic of the node. `msg_type` is "package/Type"; `switch` is the publish_*
+    parameter of an output that is only computed when enabled and subscribed."""
+
+    name: str
+    direction: str  # "in" or "out"
+    msg_type: str
+    qos: str
+    notes: str
+    encoding: str = ""
+    switch: str = ""
+
+
+_OUT_QOS = "`output_qos_reliability`, `qos_depth`"
+# Relative names (all remappable), except /diagnostics. Compressed input is
+# `<resolved image>/compressed`.
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("image", "in", "sensor_msgs/Image", "`qos_reliability`, `qos_depth` (default "
+              "best effort, 5 = sensor data)", "rgb8, bgr8, rgba8, bgra8, mono8 and their "
+              "16-bit forms (scaled to 8 bit); with `image_transport: compressed` the node "
+              "reads `sensor_msgs/CompressedImage` on `<image>/compressed` instead (resolved "
+              "after remapping, as image_transport does)"),
+    TopicSpec("prompt", "in", "talk2sam_ros/TextBoxPrompt", "reliable, depth 100",
+              "text + optional boxes (N*4 x_min, y_min, x_max, y_max px). Unstamped: the "
+              "standing prompt (empty text clears it); stamped: a request for the frame with "
+              "that stamp only; see [Which prompt answers which frame]"
+              "(#which-prompt-answers-which-frame)"),
+    TopicSpec("category", "in", "std_msgs/String", "reliable, depth 100", "text-only "
+              "standing prompt (e.g. from `talk2sam_speech`); results carry `prompt_id = -1`; "
+              "empty clears"),
+    TopicSpec("mask", "out", "sensor_msgs/Image", _OUT_QOS, "0/255, union of the prompt's "
+              "boxes' masks", encoding="mono8", switch="publish_mask"),
+    TopicSpec("mask_labels", "out", "sensor_msgs/Image", _OUT_QOS, "box i = label i+1, 0 = "
+              "background; overlaps go to the higher-scoring box",
+              encoding="mono8 (mono16 above 255 boxes)", switch="publish_mask_labels"),
+    TopicSpec("similarity", "out", "sensor_msgs/Image", _OUT_QOS, "text-image similarity in "
+              "[0, 1]", encoding="32FC1", switch="publish_similarity"),
+    TopicSpec("similarity_color", "out", "sensor_msgs/Image", _OUT_QOS, "turbo colour map "
+              "blended on the image (`overlay_alpha`)", encoding="bgr8",
+              switch="publish_similarity_color"),
+    TopicSpec("overlay", "out", "sensor_msgs/Image", _OUT_QOS, "masks tinted, boxes with "
+              "scores, prompt text, centreline and grasp point when `grasp` has a subscriber",
+              encoding="bgr8", switch="publish_overlay"),
+    TopicSpec("result", "out", "talk2sam_ros/SegmentationResult", _OUT_QOS, "always "
+              "published: prompt id and text echoed, boxes used and their index in the "
+              "request (`box_indices`: boxes wholly outside the image are dropped), per-box "
+              "scores and areas, union area, `reused_encoding`, `frame_age_ms`, per-stage "
+              "timing, counters"),
+    TopicSpec("grasp", "out", "talk2sam_ros/GraspCandidate", _OUT_QOS, "ordered centreline "
+              "(`geometry_msgs/Polygon`, px), grasp point (`geometry_msgs/Point` px, z = "
+              "width), angle, width, valid", switch="publish_grasp"),
+    TopicSpec(DIAGNOSTICS_TOPIC, "out", "diagnostic_msgs/DiagnosticArray", "reliable, depth "
+              "10", "every `diagnostics_period_s` and at once when configure fails: state, "
+              "device, worker, active prompt and all counters (see [Behaviour](#behaviour))"),
+)
+TOPIC_BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPICS}
+SUBSCRIPTIONS = tuple(t.name for t in TOPICS if t.direction == "in")
+# The outputs created at configure (lifecycle publishers); /diagnostics exists from start-up.
+PUBLICATIONS = tuple(t.name for t in TOPICS if t.direction == "out"
+                     and t.name != DIAGNOSTICS_TOPIC)
 
 DTYPES = ("auto", *DTYPE_NAMES)
 RELIABILITY = ("best_effort", "reliable")
@@ -117,6 +182,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               high=256),
     ParamSpec("diagnostics_period_s", 1.0, "Period of the /diagnostics status (0 = off).",
               low=0.0, high=3600.0),
+    ParamSpec("worker_stop_timeout_s", 30.0, "Deactivate, cleanup and shutdown wait this "
+              "long for the frame in progress. A worker still running then keeps the model "
+              "and publishers until it ends (configure and activate fail meanwhile).",
+              low=0.1, high=3600.0, live=True),
     ParamSpec("autostart", True, "Configure and activate at start-up (no lifecycle manager "
               "needed)."),
     ParamSpec("debug_delay_ms", 0, "TESTING ONLY: sleep this long per processed frame to "
@@ -168,6 +237,7 @@ class NodeConfig:
     output_qos_reliability: str
     frame_cache_size: int
     diagnostics_period_s: float
+    worker_stop_timeout_s: float
     autostart: bool
     debug_delay_ms: int
 
@@ -198,14 +268,109 @@ class NodeConfig:
                            max_points=self.grasp_max_points)
 
 
+def _checked(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(every value, defaults filled in; each bad value and each broken rule between
+    parameters). Raises ValueError on unknown names."""
+    merged, problems = values_from_params(PARAMS, values)
+    if merged["publish_similarity_without_prompt"] and not str(merged["idle_text"]).strip():
+        problems.append("publish_similarity_without_prompt needs a non-empty idle_text")
+    return merged, problems
+
+
 def node_config_from_params(values: Mapping[str, Any]) -> NodeConfig:
     """NodeConfig from parameter values (missing ones take their defaults).
 
     Raises ValueError naming every bad value and the allowed ones, and on unknown names.
     """
-    merged, problems = values_from_params(PARAMS, values)
-    if merged["publish_similarity_without_prompt"] and not str(merged["idle_text"]).strip():
-        problems.append("publish_similarity_without_prompt needs a non-empty idle_text")
+    merged, problems = _checked(values)
     if problems:
         raise ValueError("; ".join(problems))
     return NodeConfig(**merged)
+
+
+def change_problem(current: Mapping[str, Any], changes: Mapping[str, Any]) -> str | None:
+    """Why `changes` (name -> new value) must be refused on top of `current`: the problems of
+    the whole resulting configuration that `current` does not already have (so a start-up
+    problem blocks only the changes that keep it, not unrelated ones). None: accept."""
+    before = set(_checked(current)[1])
+    new = [p for p in _checked({**current, **changes})[1] if p not in before]
+    return "; ".join(new) or None
+
+
+# ---------------------------------------------------------------------- docs/node.md tables
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def parameter_table() -> str:
+    """The Markdown table of every parameter (docs/node.md)."""
+    rows = ["| Parameter | Type | Default | Allowed | Applied | Description |",
+            "|---|---|---|---|---|---|"]
+    for spec in PARAMS:
+        allowed = ", ".join(spec.choices) if spec.choices else (
+            f"[{_number(spec.low)}, {_number(spec.high)}]" if spec.low is not None else "")
+        rows.append(f"| `{spec.name}` | {type(spec.default).__name__} | "
+                    f"`{_default(spec.default)}` | {allowed} | "
+                    f"{'live' if spec.live else 'configure'} | {spec.description} |")
+    return "\n".join(rows)
+
+
+def topic_table() -> str:
+    """The Markdown table of every topic (docs/node.md)."""
+    rows = ["| Topic | Direction | Type | QoS | Notes |", "|---|---|---|---|---|"]
+    for t in TOPICS:
+        kind = f"`{t.msg_type}`" + (f" {t.encoding}" if t.encoding else "")
+        rows.append(f"| `{t.name}` | {t.direction} | {kind} | {t.qos} | {t.notes} |")
+    return "\n".join(rows)
+
+
+GENERATED = {"topics": topic_table, "parameters": parameter_table}
+_REGION = re.compile(r"(<!-- BEGIN GENERATED (\w+)[^>]*-->\n).*?(<!-- END GENERATED \2 -->)",
+                     re.S)
+
+
+def update_markdown(text: str) -> str:
+    """`text` with every region between `<!-- BEGIN GENERATED <name> ... -->` and
+    `<!-- END GENERATED <name> -->` replaced by the current table. Raises ValueError when a
+    table has no region."""
+    found: set[str] = set()
+
+    def fill(match: re.Match) -> str:
+        found.add(match.group(2))
+        return f"{match.group(1)}{GENERATED[match.group(2)]()}\n{match.group(3)}"
+
+    updated = _REGION.sub(fill, text)
+    missing = sorted(set(GENERATED) - found)
+    if missing:
+        raise ValueError(f"no generated region for: {', '.join(missing)}")
+    return updated
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m talk2sam_ros.ros.params [--check] docs/node.md`: rewrite (or check) the
+    generated tables of a Markdown file."""
+    parser = argparse.ArgumentParser(prog="python -m talk2sam_ros.ros.params",
+                                     description=main.__doc__)
+    parser.add_argument("markdown", type=Path)
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when the file's tables are out of date; write nothing")
+    args = parser.parse_args(argv)
+    text = args.markdown.read_text(encoding="utf-8")
+    updated = update_markdown(text)
+    if args.check:
+        if updated != text:
+            print(f"{args.markdown}: generated tables are out of date", file=sys.stderr)
+        return int(updated != text)
+    if updated != text:
+        args.markdown.write_text(updated, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

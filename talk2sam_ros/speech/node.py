@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from talk2sam_ros.msg import AudioChunk, SpeechCategory
 from talk2sam_ros.common.params import descriptor
+from talk2sam_ros.common.shutdown import ShutdownSignals
 from talk2sam_ros.speech.grammar import default_vocabulary_path, load_vocabulary
 from talk2sam_ros.speech.params import (AUDIO_TOPIC, CATEGORY_TOPIC, NODE_NAME, PARAMS,
                                         RESULT_TOPIC, SpeechConfig,
@@ -199,26 +200,29 @@ def main(args: list[str] | None = None) -> int:
     """Entry point of `talk2sam_speech` / `python -m talk2sam_ros.speech.node [--ros-args ...]`.
 
     Exit code 1 with one error line for bad parameters, unknown vocabulary words or a missing
-    microphone.
+    microphone. SIGINT/SIGTERM stop it with exit code 0, also when a second one arrives during
+    the teardown (talk2sam_ros.common.shutdown).
     """
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = SpeechNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-        code = 1
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    with ShutdownSignals(restore=False) as signals:
+        rclpy.init(args=args)
+        node = None
+        code = 0
+        try:
+            with signals.interruptible():
+                node = SpeechNode()
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            signals.spin(lambda timeout: executor.spin_once(timeout_sec=timeout), rclpy.ok)
+        except KeyboardInterrupt:
+            pass  # a signal during start-up
+        except (ValueError, RuntimeError, FileNotFoundError) as exc:
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+            code = 1
+        finally:
+            if node is not None:
+                node.close()
+                node.destroy_node()
+            rclpy.try_shutdown()
     return code
 
 

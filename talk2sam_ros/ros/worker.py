@@ -1,0 +1,201 @@
+"""The segmentation node's worker thread: runs the scheduler's jobs and publishes the outputs.
+
+One Worker per activation. It holds the predictor and the publishers it was given for as long
+as its thread runs; the node frees them only once :attr:`Worker.alive` is false (a frame in the
+model cannot be interrupted, so a stop may leave the thread running past the node's timeout).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from sensor_msgs.msg import CompressedImage, Image
+
+from talk2sam_ros.grasp import grasp_from_mask
+from talk2sam_ros.ros import conversions as conv
+from talk2sam_ros.ros import messages as build
+from talk2sam_ros.ros.counters import Counters
+from talk2sam_ros.ros.params import TOPIC_BY_NAME, NodeConfig
+from talk2sam_ros.ros.scheduler import UNSTAMPED, Frame, Job, Prompt, Scheduler, Stamp
+
+LOG_PERIOD_S = 2.0  # per-frame error lines: one per call site and period
+
+
+def stamp_text(stamp: Stamp) -> str:
+    return f"{stamp[0]}.{stamp[1]:09d}"
+
+
+class Worker:
+    """Runs jobs from `scheduler` on `predictor`, publishing on `publishers` (name -> lifecycle
+    publisher, the node's outputs).
+
+    config: the node's current NodeConfig (live parameters apply to the next job);
+    reject(counter, what, reason): the node's counted, throttled rejection log;
+    now_ns: the node clock (frame ages); context_ok: false once ROS is shutting down.
+    """
+
+    def __init__(self, scheduler: Scheduler, predictor: Any, publishers: Mapping[str, Any],
+                 bridge: Any, counters: Counters, logger: Any,
+                 config: Callable[[], NodeConfig | None],
+                 reject: Callable[[str, str, str], None], now_ns: Callable[[], int],
+                 context_ok: Callable[[], bool]) -> None:
+        self._scheduler, self._predictor, self._pubs = scheduler, predictor, dict(publishers)
+        self._bridge, self._counters, self._log = bridge, counters, logger
+        self._config, self._reject, self._now_ns, self._ok = config, reject, now_ns, context_ok
+        self._stop = threading.Event()
+        self._busy = False
+        self._encoded: Frame | None = None  # the frame whose encoding the predictor holds
+        self._thread = threading.Thread(target=self._run, name="talk2sam_worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def status(self) -> str:
+        """none (ended), idle, busy (running a job) or stopping (asked to stop, still busy)."""
+        if not self.alive:
+            return "none"
+        return "stopping" if self._stop.is_set() else "busy" if self._busy else "idle"
+
+    def stop(self, timeout: float, hurry: threading.Event | None = None) -> bool:
+        """Ask the thread to stop and wait up to `timeout` s (less once `hurry` is set) for
+        the job in progress; True when the thread has ended."""
+        self._stop.set()
+        self._scheduler.wake()
+        deadline = time.monotonic() + timeout
+        while self.alive and time.monotonic() < deadline \
+                and not (hurry is not None and hurry.is_set()):
+            self._thread.join(0.05)
+        return not self.alive
+
+    # ------------------------------------------------------------------ thread
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            job = self._scheduler.take(self._stop, timeout=0.5)
+            cfg = self._config()
+            if job is None or cfg is None:
+                continue
+            self._busy = True
+            try:
+                self._run_job(job, cfg)
+            finally:
+                self._busy = False
+
+    def _run_job(self, job: Job, cfg: NodeConfig) -> None:
+        import torch
+
+        if job.prompt is None and not cfg.publish_similarity_without_prompt:
+            self._counters.add("frames_idle")
+            return
+        try:
+            self._process(job.frame, job.prompt, cfg)
+        except (conv.InputRejected, ValueError) as exc:
+            self._reject("frames_rejected", f"frame {stamp_text(job.frame.stamp)}", str(exc))
+        except torch.cuda.OutOfMemoryError:
+            self._counters.add("out_of_memory")
+            self._encoded = None
+            torch.cuda.empty_cache()
+            msg = job.frame.image
+            size = f"{msg.width}x{msg.height}" if isinstance(msg, Image) else "compressed"
+            self._log.error(f"CUDA out of memory on a {size} frame: dropped",
+                            throttle_duration_sec=LOG_PERIOD_S)
+        except Exception as exc:  # keep the node alive whatever the model does
+            if self._stop.is_set() or not self._ok():
+                return  # shutting down: the outputs are off
+            self._counters.add("errors")
+            self._encoded = None
+            self._log.error(f"frame {stamp_text(job.frame.stamp)} failed: "
+                            f"{type(exc).__name__}: {exc}", throttle_duration_sec=LOG_PERIOD_S)
+
+    def _process(self, frame: Frame, prompt: Prompt | None, cfg: NodeConfig) -> None:
+        timing: list[tuple[str, float]] = []
+        clock = [time.perf_counter()]
+
+        def lap(stage: str) -> None:
+            now = time.perf_counter()
+            timing.append((stage, (now - clock[0]) * 1e3))
+            clock[0] = now
+
+        if frame.rgb is None:
+            frame.rgb = (conv.compressed_to_rgb(frame.image, self._bridge)
+                         if isinstance(frame.image, CompressedImage)
+                         else conv.image_to_rgb(frame.image, self._bridge))
+        rgb = frame.rgb
+        height, width = rgb.shape[:2]
+        lap("convert")
+        if cfg.debug_delay_ms:
+            time.sleep(cfg.debug_delay_ms / 1000.0)  # uninterruptible, like a model call
+            lap("debug_delay")
+        boxes, kept = None, np.zeros(0, np.int64)
+        if prompt is not None and prompt.boxes is not None:
+            boxes, kept = conv.boxes_for_frame(prompt.boxes, prompt.frame_id,
+                                               frame.header.frame_id, width, height, prompt.id)
+        if self._stop.is_set():
+            return  # deactivated meanwhile: the outputs are off
+        reused = self._encoded is frame
+        if reused:
+            self._counters.add("reused_encodings")
+        else:
+            self._encoded = None
+            self._predictor.set_image(rgb)
+            self._encoded = frame
+            self._counters.add("encodings")
+            lap("encode_image")
+            timing.extend((f"encode.{k}", float(v)) for k, v in
+                          getattr(self._predictor, "last_encode_timings", {}).items())
+        text = prompt.text if prompt is not None else cfg.idle_text.strip()
+        res = self._predictor.predict(text=text, boxes=boxes)
+        lap("predict")
+        timing.extend((f"predict.{k}", float(v)) for k, v in res.timings.items())
+        if not self._stop.is_set():
+            self._publish(frame, prompt, res, kept, reused, cfg, timing, lap)
+
+    def _wanted(self, cfg: NodeConfig) -> set[str]:
+        """Outputs enabled by their publish_* parameter and subscribed to."""
+        return {name for name, pub in self._pubs.items() if TOPIC_BY_NAME[name].switch
+                and getattr(cfg, TOPIC_BY_NAME[name].switch)
+                and pub.get_subscription_count() > 0}
+
+    def _send(self, messages: Mapping[str, Any]) -> None:
+        for name, msg in messages.items():
+            self._pubs[name].publish(msg)
+
+    def _publish(self, frame: Frame, prompt: Prompt | None, res: Any, kept: np.ndarray,
+                 reused: bool, cfg: NodeConfig, timing: list[tuple[str, float]],
+                 lap: Callable[[str], None]) -> None:
+        header, rgb, bridge, wanted = frame.header, frame.rgb, self._bridge, self._wanted(cfg)
+        self._counters.add("frames_processed")
+        self._send(build.map_outputs(res.similarity, rgb, header, cfg.overlay_alpha, wanted,
+                                     bridge))
+        if prompt is None:  # idle similarity only
+            lap("publish")
+            return
+        seg = build.Segmentation.from_prediction(res, cfg.mask_threshold, rgb.shape[:2])
+        self._send(build.mask_outputs(seg, header, wanted, bridge))
+        lap("publish_maps")
+        grasp = None
+        if "grasp" in wanted:
+            grasp = grasp_from_mask(seg.union, cfg.grasp)
+            self._send({"grasp": build.grasp_message(grasp, header, prompt.id)})
+            lap("grasp")
+        if "overlay" in wanted:
+            self._send({"overlay": build.overlay_message(
+                rgb, seg, prompt.text, cfg.overlay_alpha, grasp, header, bridge)})
+            lap("overlay")
+        self._pubs["result"].publish(build.result_message(
+            header, prompt, seg, kept, rgb.shape[:2], reused, self._age_ms(frame), timing,
+            self._counters.snapshot()))
+
+    def _age_ms(self, frame: Frame) -> float:
+        """now - header.stamp (time since receipt for unstamped frames)."""
+        if frame.stamp == UNSTAMPED:
+            return (time.monotonic() - frame.received) * 1e3
+        sec, nsec = frame.stamp
+        return (self._now_ns() - (sec * 1_000_000_000 + nsec)) / 1e6
