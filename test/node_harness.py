@@ -21,10 +21,12 @@ from std_msgs.msg import Header
 
 from talk2sam_ros.ros.conversions import stamp_key as key
 from talk2sam_ros.tools.harness import OUTPUT_TYPES as OUTPUTS
+from talk2sam_ros.tools.harness import RELIABLE as QOS
+from talk2sam_ros.tools.harness import START_TIMEOUT_S as START_TIMEOUT
 from talk2sam_ros.tools.harness import (NodeClient, loopback_environment, node_command,
                                         stamped_header, start_process)
 
-__all__ = ["OUTPUTS", "Client", "RunningNode", "key", "module_domain",
+__all__ = ["OUTPUTS", "QOS", "START_TIMEOUT", "Client", "RunningNode", "key", "module_domain",
            "ros_environment", "running_node", "sample_picture", "stamped_header", "start_node"]
 
 
