@@ -228,6 +228,21 @@ def test_one_spoken_command_is_one_utterance_at_the_right_time(vocab):
 
 
 @needs_espeak
+def test_a_stream_that_stops_on_a_frame_boundary_in_speech_still_closes_the_utterance():
+    """Regression: flush() with no partial frame left crashed in pocketsphinx's end_stream
+    (IndexError), and the node dropped the utterance (seen with babble noise at the end)."""
+    samples, rate = _speech("pick up the black cable", tail_s=0.0)
+    resampler = StreamResampler(rate)
+    audio = np.concatenate([resampler.push(samples), resampler.flush()])
+    segmenter = UtteranceSegmenter()
+    frame = 480  # 30 ms at 16 kHz, the endpointer's frame
+    whole = audio[:len(audio) // frame * frame]
+    assert segmenter.push(whole) == [] and segmenter.in_speech
+    utterances = segmenter.flush()
+    assert len(utterances) == 1 and utterances[0].duration_s > 1.0
+
+
+@needs_espeak
 def test_speech_longer_than_max_utterance_is_rejected_not_decoded(recognizer):
     text = "pick up the black cable and find the red wire and grab the long blue rope"
     samples, rate = _speech(text)

@@ -283,7 +283,10 @@ def evaluate(systems: Sequence[str], noises: Sequence[str], voices_per_text: int
         for noise, items in sets.items():
             decoded = decode(items, recognizer)
             s = score([i.text for i in items], decoded.published, vocab)
-            row[noise] = {"word_accuracy": s.word_accuracy, "exact": s.exact}
+            # The endpointer is the same for every backend: one utterance per command?
+            single = sum(len(r) == 1 for r in decoded.results) / len(items)
+            row[noise] = {"word_accuracy": s.word_accuracy, "exact": s.exact,
+                          "one_utterance": single}
             if noise == "clean":
                 latencies = decoded.latencies_s
                 row["errors"] = [(i.text, i.voice, i.wpm, p) for i, p, ok in
@@ -318,6 +321,9 @@ def markdown(report: dict) -> str:
                  f"(uniform over the categories) {100 * report['chance_exact']:.4f} % exact; "
                  f"{report['cpu_count']} CPUs, load average {report['load_average']:.1f} at "
                  "the start.")
+    first = next(iter(report["systems"].values()))
+    lines.append("endpointer, one utterance per command: " + ", ".join(
+        f"{n} {100 * first[n]['one_utterance']:.1f} %" for n in noises if n in first))
     for name, row in report["systems"].items():
         if row["rejection_published"]:
             lines.append(f"{name}: rejection set published {row['rejection_published']}")

@@ -196,7 +196,10 @@ class UtteranceSegmenter:
         """End of stream (or a long gap in it): close the current utterance, if any."""
         out: list[Utterance] = []
         if self._ep.in_speech:
-            self._collect(self._ep.end_stream(self._pending.tobytes()), out, final=True)
+            # end_stream() fails on an empty final frame (IndexError) and would lose the
+            # utterance: give it one silent sample when the stream ended on a frame boundary.
+            tail = self._pending if len(self._pending) else np.zeros(1, np.int16)
+            self._collect(self._ep.end_stream(tail.tobytes()), out, final=True)
         self._pending = np.zeros(0, np.int16)
         self._speech, self._speech_len, self._skipping = [], 0, False
         return out
