@@ -283,6 +283,9 @@ def evaluate(systems: Sequence[str], noises: Sequence[str], voices_per_text: int
         for noise, items in sets.items():
             decoded = decode(items, recognizer)
             s = score([i.text for i in items], decoded.published, vocab)
+            row.setdefault("confidences", {})[noise] = [
+                [r.confidence, r.candidate == reference_category(i.text, vocab)]
+                for i, results in zip(items, decoded.results) for r in results]
             # The endpointer is the same for every backend: one utterance per command?
             single = sum(len(r) == 1 for r in decoded.results) / len(items)
             row[noise] = {"word_accuracy": s.word_accuracy, "exact": s.exact,
@@ -293,6 +296,8 @@ def evaluate(systems: Sequence[str], noises: Sequence[str], voices_per_text: int
                                  zip(items, decoded.published, s.correct) if not ok]
             log(f"{name} {noise}: exact {s.exact:.3f}, word accuracy {s.word_accuracy:.3f}")
         rejected = decode(rejection, recognizer)
+        row["confidences"]["rejection"] = [[r.confidence, False] for results in
+                                           rejected.results for r in results if r.candidate]
         row["rejection_published"] = [(i.text or i.voice, p) for i, p in
                                       zip(rejection, rejected.published) if p]
         if latencies:
@@ -300,6 +305,27 @@ def evaluate(systems: Sequence[str], noises: Sequence[str], voices_per_text: int
             row["latency_p90_s"] = float(np.percentile(latencies, 90))
         report["systems"][name] = row
     return report
+
+
+THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def threshold_sweep(row: dict, thresholds: Sequence[float] = THRESHOLDS) -> list[str]:
+    """Markdown rows: per min_confidence, commands published right / wrong per noise and
+    rejection-set utterances published (from the recorded confidences)."""
+    conf = row["confidences"]
+    noises = [n for n in NOISES if n in conf]
+    lines = ["| min_confidence | " + " | ".join(f"{n}: right / wrong" for n in noises)
+             + " | rejection set published |", "|---" * (len(noises) + 2) + "|"]
+    for t in thresholds:
+        cells = []
+        for n in noises:
+            right = sum(c >= t and ok for c, ok in conf[n])
+            wrong = sum(c >= t and not ok for c, ok in conf[n])
+            cells.append(f"{right} / {wrong}")
+        published = sum(c >= t for c, _ in conf.get("rejection", []))
+        lines.append(f"| {t:.2f} | {' | '.join(cells)} | {published} |")
+    return lines
 
 
 def markdown(report: dict) -> str:
@@ -327,6 +353,10 @@ def markdown(report: dict) -> str:
     for name, row in report["systems"].items():
         if row["rejection_published"]:
             lines.append(f"{name}: rejection set published {row['rejection_published']}")
+    for name, row in report["systems"].items():
+        if "confidences" in row:
+            lines += [f"\n{DESCRIPTIONS[name]}: confidence threshold sweep (utterances)", "",
+                      *threshold_sweep(row)]
     return "\n".join(lines)
 
 
