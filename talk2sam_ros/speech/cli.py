@@ -18,9 +18,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from talk2sam_ros.speech.backends import build_recognizer
 from talk2sam_ros.speech.grammar import default_vocabulary_path, load_vocabulary
 from talk2sam_ros.speech.params import PARAM_BY_NAME, speech_config_from_params
-from talk2sam_ros.speech.backends import build_recognizer
 from talk2sam_ros.speech.recognizer import Recognition, SpeechPipeline
 from talk2sam_ros.speech.synth import read_wav, synthesize
 

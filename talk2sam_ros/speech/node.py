@@ -29,11 +29,11 @@ from std_msgs.msg import String
 
 from talk2sam_ros.msg import AudioChunk, SpeechCategory
 from talk2sam_ros.common.params import descriptor
+from talk2sam_ros.speech.backends import build_recognizer
 from talk2sam_ros.speech.grammar import default_vocabulary_path, load_vocabulary
 from talk2sam_ros.speech.params import (AUDIO_TOPIC, CATEGORY_TOPIC, NODE_NAME, PARAMS,
                                         RESULT_TOPIC, SpeechConfig,
                                         speech_config_from_params)
-from talk2sam_ros.speech.backends import build_recognizer
 from talk2sam_ros.speech.recognizer import (ModelError, Recognition, SpeechPipeline,
                                             UnavailableRecognizer)
 

@@ -55,13 +55,13 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("confidence_scale", _R.confidence_scale, "pocketsphinx: confidence = exp(mean "
               "per-frame log likelihood ratio / confidence_scale); larger = more lenient.",
               low=0.1, high=100.0),
-    ParamSpec("dither", _R.dither, "pocketsphinx: std. dev. (int16 steps) of the noise floor added before "
-              "decoding; digitally silent input otherwise breaks the features. 0 = off.",
-              low=0.0, high=1000.0),
+    ParamSpec("dither", _R.dither, "pocketsphinx: std. dev. (int16 steps) of the noise floor "
+              "added before decoding; digitally silent input otherwise breaks the features. "
+              "0 = off.", low=0.0, high=1000.0),
     ParamSpec("model_dir", _R.model_dir, "pocketsphinx: acoustic model directory. Empty: the "
               "en-us model bundled with the pocketsphinx wheel."),
-    ParamSpec("dictionary", _R.dictionary, "pocketsphinx: pronunciation dictionary (CMU format). Empty: the "
-              "bundled cmudict-en-us.dict."),
+    ParamSpec("dictionary", _R.dictionary, "pocketsphinx: pronunciation dictionary (CMU "
+              "format). Empty: the bundled cmudict-en-us.dict."),
     ParamSpec("vad_mode", _S.vad_mode, "Voice activity detector aggressiveness, 0 (loose) to 3 "
               "(strict).", low=0, high=3),
     ParamSpec("vad_window_s", _S.window_s, "Endpointer window: speech starts/ends when "
