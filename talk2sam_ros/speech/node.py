@@ -2,8 +2,8 @@
 
 Subscribes ``audio`` (talk2sam_ros/AudioChunk: mono int16 PCM at any rate), or reads the local
 microphone (``use_microphone``, via the optional ``sounddevice`` package), cuts the stream
-into utterances with a voice-activity endpointer, decodes each with pocketsphinx against the
-vocabulary's grammar and publishes
+into utterances with a voice-activity endpointer, decodes each within the vocabulary's
+commands (Whisper by default, or pocketsphinx; parameter ``backend``) and publishes
 
 - ``category`` (std_msgs/String): the adjectives + object ("black cable") of accepted
   commands only;
@@ -30,11 +30,13 @@ from std_msgs.msg import String
 from talk2sam_ros.msg import AudioChunk, SpeechCategory
 from talk2sam_ros.common.params import descriptor
 from talk2sam_ros.common.shutdown import ShutdownSignals
+from talk2sam_ros.speech.backends import build_recognizer
 from talk2sam_ros.speech.grammar import default_vocabulary_path, load_vocabulary
 from talk2sam_ros.speech.params import (AUDIO_TOPIC, CATEGORY_TOPIC, NODE_NAME, PARAMS,
                                         RESULT_TOPIC, SpeechConfig,
                                         speech_config_from_params)
-from talk2sam_ros.speech.recognizer import Recognition, SpeechPipeline, SpeechRecognizer
+from talk2sam_ros.speech.recognizer import (ModelError, Recognition, SpeechPipeline,
+                                            UnavailableRecognizer)
 
 MIN_RATE, MAX_RATE = 1000, 384000  # accepted AudioChunk.sample_rate, Hz
 POLL_S = 0.05  # microphone queue / idle-flush timer period
@@ -75,7 +77,9 @@ def open_microphone(config: SpeechConfig, callback) -> Any:
 
 class SpeechNode(Node):
     """Audio in, category out. Raises ValueError/RuntimeError/FileNotFoundError at start-up
-    for bad parameters, unknown vocabulary words or a missing microphone."""
+    for bad parameters, unknown vocabulary words or a missing microphone. A model that cannot
+    be loaded (missing, corrupt) is one error line: the node stays up without a recogniser and
+    reports every utterance as rejected with that reason."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
@@ -86,7 +90,12 @@ class SpeechNode(Node):
         self._cfg = cfg
         vocab_path = cfg.vocabulary_file or str(default_vocabulary_path())
         vocab = load_vocabulary(vocab_path)
-        recognizer = SpeechRecognizer(vocab, cfg.recognizer)
+        try:
+            recognizer = build_recognizer(vocab, cfg.recognizer)
+        except ModelError as exc:
+            self.get_logger().error(f"no recogniser, nothing will be published on "
+                                    f"{CATEGORY_TOPIC}: {exc}")
+            recognizer = UnavailableRecognizer(vocab, cfg.recognizer, str(exc))
         self._pipeline = SpeechPipeline(recognizer, cfg.segmenter)
         self._last_audio = time.monotonic()
         self._frame_id = ""
@@ -112,7 +121,8 @@ class SpeechNode(Node):
         self._listeners = 0
         self._listener_timer = self.create_timer(LISTENER_CHECK_S, self._watch_listeners)
         self.get_logger().info(
-            f"listening on {source}: {cfg.recognizer.mode} mode, vocabulary {vocab_path} "
+            f"listening on {source}: {cfg.recognizer.backend} backend, {cfg.recognizer.mode} "
+            f"mode, vocabulary {vocab_path} "
             f"({len(vocab.verbs)} verbs, {len(vocab.adjectives)} adjectives, "
             f"{len(vocab.objects)} objects), min_confidence {cfg.recognizer.min_confidence}")
 

