@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from node_harness import (OUTPUTS, QOS, Client, key, module_domain, running_node,
+from node_harness import (OUTPUTS, Client, key, module_domain, running_node,
                           sample_picture, start_node, stamped_header)
 from rcl_interfaces.srv import SetParametersAtomically
 from rclpy.parameter import Parameter
@@ -247,14 +247,16 @@ def test_visual_outputs_are_only_computed_when_subscribed(ros):
         stages = {t.stage for t in result.timing}
         assert "overlay" not in stages and "grasp" not in stages
         assert "publish_maps" in stages
-    finally:  # the other tests want every output
+    finally:  # the other tests want every output, recorded as before
         for topic in topics:
-            client.node.create_subscription(OUTPUTS[topic], topic,
-                                            lambda msg, t=topic: client.received[t].append(msg),
-                                            QOS)
+            client.listen(topic)
         assert client.spin_until(lambda: all(client.node.count_subscribers(f"/{t}") == 1
                                              for t in topics), 10)
         client.spin_for(0.5)
+    header = client.publish_image(sample_picture())
+    client.publish_prompt(13, "person", boxes=PERSON_BOX, stamp=header)
+    for topic in topics:  # (the old re-subscription appended to a throwaway snapshot)
+        assert client.wait_output(topic, header, timeout=30) is not None, topic
 
 
 def test_similarity_without_prompt_publishes_only_the_maps(ros):

@@ -190,6 +190,7 @@ def test_camera_info_can_have_its_own_tolerance():
     assert strict.match(T0).status == st.CAMERA_INFO_STALE
     p.info_max_dt_ns = 500 * MS  # a live change applies to the next match
     m = p.match(T0)
-    assert m.status == st.CAMERA_INFO_STALE and "900.0 ms older than the image (limit 500.0 ms)" in m.reason
+    assert m.status == st.CAMERA_INFO_STALE
+    assert "900.0 ms older than the image (limit 500.0 ms)" in m.reason
     with pytest.raises(ValueError, match="info_max_dt_ns"):
         DepthPairing(0, 8, info_max_dt_ns=-1)
