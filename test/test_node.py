@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from node_harness import (OUTPUTS, Client, key, module_domain, running_node,
+from node_harness import (OUTPUTS, RGBD_OUTPUTS, Client, key, module_domain, running_node,
                           sample_picture, start_node, stamped_header)
 from rcl_interfaces.srv import SetParametersAtomically
 from rclpy.parameter import Parameter
@@ -257,6 +257,22 @@ def test_visual_outputs_are_only_computed_when_subscribed(ros):
     client.publish_prompt(13, "person", boxes=PERSON_BOX, stamp=header)
     for topic in topics:  # (the old re-subscription appended to a throwaway snapshot)
         assert client.wait_output(topic, header, timeout=30) is not None, topic
+
+
+def test_without_use_depth_there_is_no_3d_side(ros):
+    """use_depth false (the default): no depth subscription, no 3D topic, no 3D stage."""
+    client = ros.client
+    for topic in ("depth", "camera_info"):
+        assert client.node.count_subscribers(f"/{topic}") == 0, topic
+    for topic in RGBD_OUTPUTS:
+        assert client.node.count_publishers(f"/{topic}") == 0, topic
+    header = client.publish_image(sample_picture())
+    client.publish_prompt(14, "person", boxes=PERSON_BOX, stamp=header)
+    grasp = client.wait_output("grasp", header, 14)
+    assert grasp is not None, ros.log_tail()
+    assert grasp.depth_status == "" and grasp.depth_reason == "" and not grasp.centerline_3d
+    result = client.wait_output("result", header, 14)
+    assert not any(t.stage.startswith("grasp3d") for t in result.timing)
 
 
 def test_similarity_without_prompt_publishes_only_the_maps(ros):
