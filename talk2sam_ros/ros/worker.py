@@ -235,13 +235,13 @@ class Worker:
             self._counters.add(counter)
         else:
             self._warn(counter, f"{where}: {out.status}: {out.reason}")
+        watch.lap()  # grasp3d_outputs' own parts are in out.timing
         messages = dict(out.messages)
         if candidate is not None:
             messages["grasp"] = gm.fill_grasp_3d(candidate, out.grasp)
-        watch.lap()
         self._send(messages)
         timing.extend(out.timing)
-        timing.append(("grasp3d.publish", watch.lap()))
+        timing.append(("grasp3d.publish", watch.lap()))  # the 3D fields of `grasp`, sending
 
     def _age_ms(self, frame: Frame) -> float:
         """now - header.stamp (time since receipt for unstamped frames)."""

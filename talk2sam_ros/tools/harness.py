@@ -309,6 +309,7 @@ class NodeClient:
         """Record every message the node publishes on `topic` (an output, 2D or 3D); returns
         the subscription (destroy it to stop)."""
         kind = OUTPUT_TYPES.get(topic) or RGBD_OUTPUT_TYPES[topic]
+        self.output_topics = tuple(dict.fromkeys((*self.output_topics, topic)))
         return self.node.create_subscription(kind, topic, self._recorder(topic), RELIABLE)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
@@ -658,6 +659,15 @@ class NodeHarness:
         return FrameResult(stamp, result.msg, {t: r.msg for t, r in got.items() if r},
                            (done - client.sent[stamp]) * 1e3,
                            {s.stage: float(s.ms) for s in result.msg.timing})
+
+    def listen(self, topics: Sequence[str]) -> None:
+        """Also collect these outputs from now on (e.g. the 3D ones of a use_depth node,
+        which computes them only while they have a subscriber); wait_frame then waits for
+        them too. The node needs a moment to see the new subscriptions."""
+        for topic in topics:
+            if topic not in self.output_topics:
+                self.client.listen(topic)
+        self.output_topics = tuple(dict.fromkeys((*self.output_topics, *topics)))
 
     def send_rgbd(self, rgb: np.ndarray, depth: np.ndarray, camera: Any) -> Stamp:
         """Publish an RGB-D frame (depth, camera_info, colour; publish_rgbd) stamped now;
