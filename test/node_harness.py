@@ -29,7 +29,7 @@ from talk2sam_ros.tools.harness import (NodeClient, loopback_environment, node_c
 
 __all__ = ["OUTPUTS", "QOS", "RGBD_OUTPUTS", "START_TIMEOUT", "Client", "RunningNode", "key",
            "module_domain", "ros_environment", "running_node", "sample_picture",
-           "stamped_header", "start_node"]
+           "stamped_header", "start_node", "unsubscribed"]
 
 
 def module_domain(salt: int) -> int:
@@ -83,6 +83,25 @@ def running_node(domain: int, log: Path, start: Callable[[], subprocess.Popen],
             code = stop(proc)
             if expect_clean_exit:
                 assert code == 0, log.read_text()[-3000:]
+
+
+@contextmanager
+def unsubscribed(client: NodeClient, topics: tuple[str, ...]) -> Iterator[None]:
+    """Without the client's subscriptions to these outputs (so the node stops computing
+    them) inside the block; afterwards recorded again as before. Bounded waits."""
+    for sub in [s for s in client.node.subscriptions if s.topic_name.lstrip("/") in topics]:
+        client.node.destroy_subscription(sub)
+    try:
+        assert client.spin_until(lambda: all(client.node.count_subscribers(f"/{t}") == 0
+                                             for t in topics), 10)
+        client.spin_for(0.5)  # let the node's graph cache see the subscriptions go
+        yield
+    finally:
+        for topic in topics:
+            client.listen(topic)
+        assert client.spin_until(lambda: all(client.node.count_subscribers(f"/{t}") == 1
+                                             for t in topics), 10)
+        client.spin_for(0.5)
 
 
 def sample_picture(height: int = 120, width: int = 160) -> np.ndarray:

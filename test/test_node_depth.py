@@ -13,7 +13,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from node_harness import Client, key, module_domain, running_node, start_node, stamped_header
+from node_harness import (Client, key, module_domain, running_node, start_node, stamped_header,
+                          unsubscribed)
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import Image
 from visualization_msgs.msg import Marker
@@ -232,14 +233,14 @@ def test_depth_is_paired_by_stamp_never_from_another_frame(ros, scene, box):
     _check_ok(scene, _answer(ros, header, 504), header)
 
 
-def test_a_live_depth_max_dt_ms_pairs_a_later_depth(ros, scene, box):
+def test_a_live_depth_max_dt_ms_pairs_an_older_depth(ros, scene, box):
     client = ros.client
     assert client.set_parameters(depth_max_dt_ms=600.0)[0].successful
     try:
         header = stamped_header(FRAME)
-        late = _shifted(header, 400_000_000)
-        client.publish_depth(scene.depth_raw, late)
-        client.publish_camera_info(scene.camera, late)
+        early = _shifted(header, -400_000_000)  # (not later: a later stamp could pair with
+        client.publish_depth(scene.depth_raw, early)  # the next test's frames)
+        client.publish_camera_info(scene.camera, early)
         _ask(client, scene.rgb, 505, box, header)
         got = _answer(ros, header, 505)
         assert got["grasp"].depth_status == st.OK, got["grasp"].depth_reason
@@ -252,6 +253,7 @@ def test_camera_info_latest_uses_a_rare_camera_info(ros, scene, box):
     """A driver or bag that sent camera_info seconds ago: strict pairing says so, and with
     camera_info_latest its intrinsics are used (counted camera_info_reused)."""
     client = ros.client
+    _reactivate(client)  # no camera_info of earlier frames
     client.publish_camera_info(scene.camera, _shifted(stamped_header(), -3_000_000_000))
     header = stamped_header(FRAME)
     client.publish_depth(scene.depth_raw, header)
@@ -339,6 +341,7 @@ def test_depth_far_older_or_newer_than_the_frame(ros, scene, box):
                        f"5000.0 ms {word} than the image")
     good = _rgbd(client, scene, 703, box)
     _check_ok(scene, _answer(ros, good, 703), good)
+    _reactivate(client)  # forget the depth from the future: later frames must not see it
 
 
 def test_another_frame_id_warns_and_the_depth_is_used(ros, scene, box):
@@ -364,27 +367,28 @@ def _reactivate(client: Client) -> None:
     client.spin_for(0.5)
 
 
+# prompt id, what the node has received since its activation, status, reason
+UNPAIRED = [(801, "depth", st.NO_CAMERA_INFO,
+             "depth frames arrive (1 so far) but no camera_info has been received"),
+            (802, "camera_info", st.NO_DEPTH,
+             "camera_info arrives (1 so far) but no depth frame has been received"),
+            (803, "", st.NO_DEPTH, "no depth frame and no camera_info received yet")]
+
+
 def test_depth_without_camera_info_and_the_reverse(ros, scene, box):
     client = ros.client
     try:
-        _reactivate(client)
-        header = stamped_header(FRAME)
-        client.publish_depth(scene.depth_raw, header)
-        _ask(client, scene.rgb, 801, box, header)
-        _check_missing(_answer(ros, header, 801, pose=False), st.NO_CAMERA_INFO,
-                       "depth frames arrive (1 so far) but no camera_info has been received")
-        _reactivate(client)
-        header = stamped_header(FRAME)
-        client.publish_camera_info(scene.camera, header)
-        _ask(client, scene.rgb, 802, box, header)
-        _check_missing(_answer(ros, header, 802, pose=False), st.NO_DEPTH,
-                       "camera_info arrives (1 so far) but no depth frame has been received")
-        _reactivate(client)
-        header = _ask(client, scene.rgb, 803, box)
-        _check_missing(_answer(ros, header, 803, pose=False), st.NO_DEPTH,
-                       "no depth frame and no camera_info received yet")
-        log = ros.log.read_text()
-        assert f"{st.NO_CAMERA_INFO}: depth frames arrive" in log, ros.log_tail()
+        for prompt_id, sent, status, reason in UNPAIRED:
+            _reactivate(client)
+            header = stamped_header(FRAME)
+            if sent == "depth":
+                client.publish_depth(scene.depth_raw, header)
+            elif sent == "camera_info":
+                client.publish_camera_info(scene.camera, header)
+            _ask(client, scene.rgb, prompt_id, box, header)
+            _check_missing(_answer(ros, header, prompt_id, pose=False), status, reason)
+        assert f"{st.NO_CAMERA_INFO}: depth frames arrive" in ros.log.read_text(), \
+            ros.log_tail()
     finally:
         assert client.state() == "active"
     good = _rgbd(client, scene, 804, box)
@@ -393,45 +397,19 @@ def test_depth_without_camera_info_and_the_reverse(ros, scene, box):
 
 def test_3d_outputs_are_only_computed_when_subscribed(ros, scene, box):
     client = ros.client
-    topics = ("grasp", "grasp_pose", "grasp_markers", "object_points")
-    for sub in [s for s in client.node.subscriptions if s.topic_name.lstrip("/") in topics]:
-        client.node.destroy_subscription(sub)
-    try:
-        assert client.spin_until(lambda: all(client.node.count_subscribers(f"/{t}") == 0
-                                             for t in topics), 10)
-        client.spin_for(0.5)  # let the node's graph cache see the subscriptions go
+    with unsubscribed(client, ("grasp", "grasp_pose", "grasp_markers", "object_points")):
         header = _rgbd(client, scene, 805, box)
         result = client.wait_output("result", header, 805)
         assert result is not None, ros.log_tail()
         stages = {t.stage for t in result.timing}
         assert not any(s.startswith("grasp") for s in stages), stages
-    finally:
-        for topic in topics:
-            client.listen(topic)
-        assert client.spin_until(lambda: all(client.node.count_subscribers(f"/{t}") == 1
-                                             for t in topics), 10)
-        client.spin_for(0.5)
-    # the cloud alone: depth and cloud, no pose
-    for sub in [s for s in client.node.subscriptions
-                if s.topic_name.lstrip("/") in topics[:3]]:
-        client.node.destroy_subscription(sub)
-    try:
-        assert client.spin_until(lambda: all(client.node.count_subscribers(f"/{t}") == 0
-                                             for t in topics[:3]), 10)
-        client.spin_for(0.5)
+    with unsubscribed(client, ("grasp", "grasp_pose", "grasp_markers")):  # the cloud alone
         header = _rgbd(client, scene, 806, box)
         cloud = client.wait_output("object_points", header, timeout=60)
         assert cloud is not None and cloud.width > 0, ros.log_tail()
-        result = client.wait_output("result", header, 806)
-        stages = {t.stage for t in result.timing}
+        stages = {t.stage for t in client.wait_output("result", header, 806).timing}
         assert {"grasp3d", "grasp3d.cloud"} <= stages and "grasp3d.pose" not in stages
         assert "grasp" not in stages
-    finally:
-        for topic in topics[:3]:
-            client.listen(topic)
-        assert client.spin_until(lambda: all(client.node.count_subscribers(f"/{t}") == 1
-                                             for t in topics), 10)
-        client.spin_for(0.5)
 
 
 def test_markers_of_an_earlier_prompt_are_deleted(ros, scene, box):
