@@ -249,6 +249,24 @@ def test_a_live_depth_max_dt_ms_pairs_an_older_depth(ros, scene, box):
     assert not client.set_parameters(depth_min_m=6.0)[0].successful  # above depth_max_m
 
 
+def test_a_depth_arriving_after_the_model_is_waited_for(ros, scene, box):
+    """The frame's depth and camera_info are sent only once the model is done with the frame
+    (frames_processed counts it before the 3D stage): within depth_wait_ms they are used."""
+    client = ros.client
+    earlier = _rgbd(client, scene, 510, box)  # an older depth: this frame's is behind
+    _answer(ros, earlier, 510)
+    assert client.set_parameters(depth_wait_ms=10000.0)[0].successful
+    try:
+        processed = _counters(client)["frames_processed"]
+        header = _ask(client, scene.rgb, 511, box)
+        assert _wait_counter(client, "frames_processed", processed + 1), ros.log_tail()
+        client.publish_depth(scene.depth_raw, header)
+        client.publish_camera_info(scene.camera, header)
+        _check_ok(scene, _answer(ros, header, 511), header)
+    finally:
+        assert client.set_parameters(depth_wait_ms=50.0)[0].successful
+
+
 def test_camera_info_latest_uses_a_rare_camera_info(ros, scene, box):
     """A driver or bag that sent camera_info seconds ago: strict pairing says so, and with
     camera_info_latest its intrinsics are used (counted camera_info_reused)."""

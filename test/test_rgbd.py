@@ -6,6 +6,8 @@ the markers of earlier frames' prompts deleted, the pairing as deep as the frame
 """
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 pytest.importorskip("rclpy")
@@ -176,3 +178,32 @@ def test_a_frame_s_markers_delete_the_earlier_frames_prompts(scene):
     assert by_ns["grasp/5"] == {(i, Marker.ADD) for i in range(4)}
     assert by_ns["grasp/3"] == {(i, Marker.DELETE) for i in range(4)}
     assert set(by_ns) == {"grasp/5", "grasp/3"}
+
+
+def test_a_depth_on_its_way_is_waited_for_within_depth_wait_ms(scene):
+    """After a fast model the frame's aligned depth may still be on its way: the newest depth
+    is then older than the frame, and pairing waits for it (bounded); a stream that is not
+    behind, or not there at all, is not waited for."""
+    header, older = _header(nanosec=500_000_000), _header(nanosec=400_000_000)
+    stamp = gm.header_stamp_ns(header)
+    pairing = _paired(scene, older)  # the previous frame's depth and camera_info
+    assert rgbd.may_still_come(pairing.match(stamp))
+    assert not rgbd.await_match(pairing, stamp, 0.0).ok  # depth_wait_ms 0: never waits
+    late = threading.Timer(0.05, lambda: (
+        pairing.add_depth(stamp, gm.depth_msg(scene.depth_raw, header)),
+        pairing.add_camera_info(stamp, gm.camera_info_msg(scene.camera, header))))
+    late.start()
+    try:
+        match = rgbd.await_match(pairing, stamp, 30.0)
+    finally:
+        late.join(5.0)
+    assert match.ok and match.depth_dt_ns == 0
+    stop = threading.Event()
+    stop.set()  # deactivation: stop waiting
+    assert rgbd.await_match(pairing, stamp + 10**9, 30.0, stop).status == st.DEPTH_STALE
+    newer = _paired(scene, _header(nanosec=900_000_000))
+    assert not rgbd.may_still_come(newer.match(stamp))  # a newer one came: this one will not
+    assert not rgbd.may_still_come(rgbd.make_pairing(CFG).match(stamp))  # no depth stream
+    only_info = rgbd.make_pairing(CFG)
+    only_info.add_camera_info(stamp, "info")
+    assert not rgbd.may_still_come(only_info.match(stamp))

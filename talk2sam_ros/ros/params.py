@@ -202,6 +202,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("depth_max_dt_ms", 30.0, "Depth (and camera_info) are paired with a colour "
               "frame when their stamps differ by at most this much (ms).", low=0.0,
               high=10000.0, live=True),
+    ParamSpec("depth_wait_ms", 50.0, "When a frame's depth or camera_info has not arrived by "
+              "the time the model is done (the newest one is older than the frame), wait up to "
+              "this long for it (ms; 0 = never wait).", low=0.0, high=10000.0, live=True),
     ParamSpec("camera_info_latest", False, "Use the camera_info nearest in stamp whatever its "
               "age (drivers or bags that publish it rarely); false: it must be within "
               "depth_max_dt_ms, as depth.", live=True),
@@ -275,6 +278,7 @@ class NodeConfig:
     grasp_max_points: int
     use_depth: bool
     depth_max_dt_ms: float
+    depth_wait_ms: float
     camera_info_latest: bool
     depth_min_m: float
     depth_max_m: float

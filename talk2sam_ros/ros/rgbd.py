@@ -9,6 +9,8 @@ on bad input.
 """
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,7 @@ from talk2sam_ros.grasp import (CameraModel, DepthInputError, DepthPairing, Gras
                                 Grasp3DConfig, grasp_pose_from_depth, not_available,
                                 object_points)
 from talk2sam_ros.grasp import status as st
+from talk2sam_ros.grasp.pairing import Pairing
 from talk2sam_ros.ros import grasp3d_messages as gm
 from talk2sam_ros.ros.params import RGBD_PUBLICATIONS, NodeConfig
 from talk2sam_ros.ros.scheduler import Frame, Prompt
@@ -35,6 +38,7 @@ QUIET_STATUSES = frozenset({st.OK, st.NO_GRASP})
 _SETTLED = frozenset({st.OK, st.BAD_DEPTH, st.BAD_CAMERA_INFO})
 _INFINITE_NS = 1 << 62  # camera_info_latest: any stamp
 _NOTHING = not_available(st.NO_GRASP)  # draws no marker: every id DELETEd
+_POLL_S = 0.002  # waiting for a depth on its way
 
 
 def pairing_limits(cfg: NodeConfig) -> tuple[int, int]:
@@ -73,10 +77,35 @@ class FrameDepth:
         return self.status == st.OK
 
 
+def may_still_come(match: Pairing) -> bool:
+    """Whether the frame's own depth / camera_info may be on its way: that stream delivers,
+    but the nearest message so far is older than the frame by more than the tolerance."""
+    return (match.status == st.DEPTH_STALE and (match.depth_dt_ns or 0) < 0) or \
+        (match.status == st.CAMERA_INFO_STALE and (match.camera_info_dt_ns or 0) < 0)
+
+
+def await_match(pairing: DepthPairing, stamp_ns: int, wait_s: float,
+                stop: threading.Event | None = None) -> Pairing:
+    """pairing.match(stamp_ns), waiting up to `wait_s` (polling every 2 ms; `stop` ends the
+    wait) while the frame's depth or camera_info may still come (a depth camera's aligned
+    depth can arrive after a fast model is done)."""
+    deadline = time.monotonic() + wait_s
+    stop = stop or threading.Event()
+    for _ in range(int(wait_s / _POLL_S) + 2):
+        match = pairing.match(stamp_ns)
+        if match.ok or not may_still_come(match) or time.monotonic() >= deadline \
+                or stop.is_set():
+            return match
+        stop.wait(_POLL_S)
+    return pairing.match(stamp_ns)
+
+
 def pair_depth(pairing: DepthPairing, header: Any, width: int, height: int, min_m: float,
-               max_m: float) -> FrameDepth:
-    """The depth and camera for the colour frame `header` (W x H), checked and decoded."""
-    match = pairing.match(gm.header_stamp_ns(header))
+               max_m: float, wait_s: float = 0.0,
+               stop: threading.Event | None = None) -> FrameDepth:
+    """The depth and camera for the colour frame `header` (W x H), checked and decoded; see
+    await_match for `wait_s` and `stop`."""
+    match = await_match(pairing, gm.header_stamp_ns(header), wait_s, stop)
     if not match.ok:
         return FrameDepth(match.status, match.reason)
     try:
@@ -91,16 +120,19 @@ def pair_depth(pairing: DepthPairing, header: Any, width: int, height: int, min_
                       camera_info_dt_ns=int(match.camera_info_dt_ns or 0))
 
 
-def frame_depth(frame: Frame, pairing: DepthPairing, cfg: NodeConfig) -> tuple[FrameDepth, bool]:
-    """(the frame's FrameDepth, whether it was computed now). Kept on `frame.paired` once
-    pairing has found both messages, so further prompts on the frame do not decode again; a
-    frame still without depth is paired again next time (its depth may have arrived)."""
+def frame_depth(frame: Frame, pairing: DepthPairing, cfg: NodeConfig,
+                stop: threading.Event | None = None) -> tuple[FrameDepth, bool]:
+    """(the frame's FrameDepth, whether it was computed now), waiting up to depth_wait_ms
+    for a depth still on its way. Kept on `frame.paired` once pairing has found both
+    messages, so further prompts on the frame do not decode again; a frame still without
+    depth is paired again next time (its depth may have arrived)."""
     key = (cfg.depth_min_m, cfg.depth_max_m)
     cached = frame.paired.get("depth")
     if cached is not None and cached[0] == key:
         return cached[1], False
     height, width = frame.rgb.shape[:2]
-    depth = pair_depth(pairing, frame.header, width, height, *key)
+    depth = pair_depth(pairing, frame.header, width, height, *key,
+                       wait_s=cfg.depth_wait_ms / 1000.0, stop=stop)
     if depth.status in _SETTLED:
         frame.paired["depth"] = (key, depth)
     return depth, True

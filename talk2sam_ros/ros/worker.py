@@ -221,7 +221,7 @@ class Worker:
         """The RGB-D stage (docs/grasp.md): pair, decode, 3D grasp, its messages; counted per
         3D status and, when something is wrong, one rate-limited line per kind."""
         watch = Stopwatch().start()
-        depth, fresh = rgbd.frame_depth(frame, self._pairing, cfg)
+        depth, fresh = rgbd.frame_depth(frame, self._pairing, cfg, self._stop)
         timing.append(("grasp3d.depth", watch.lap()))
         where = f"3D grasp for frame {stamp_text(frame.stamp)}"
         if fresh and depth.frame_warning:
