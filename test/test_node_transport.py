@@ -59,3 +59,22 @@ def test_frames_lost_in_transport_show_in_the_node_diagnostics(tmp_path):
         text = log.read_text()
         assert "image frame(s) lost in transport" in text and "docs/transport.md" in text, \
             ros.log_tail()
+
+
+def test_transport_losses_raise_the_diagnostics_level():
+    from builtin_interfaces.msg import Time
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from talk2sam_ros.ros import messages as build
+    from talk2sam_ros.ros.counters import Counters
+
+    values = {**Counters().snapshot(), "encode_count": 0, "state": "active",
+              "configure_error": "", "device": "cpu", "worker": "idle", "model_loaded": True,
+              "prompt": ""}
+    ok = build.diagnostics_message(values, "talk2sam: /talk2sam", Time()).status[0]
+    assert ok.level == DiagnosticStatus.OK and "lost" not in ok.message
+    for counter in ("frames_lost_in_transport", "depth_lost_in_transport"):
+        status = build.diagnostics_message({**values, counter: 57}, "talk2sam: /talk2sam",
+                                           Time()).status[0]
+        assert status.level == DiagnosticStatus.WARN
+        assert "57 lost in transport (see docs/transport.md)" in status.message

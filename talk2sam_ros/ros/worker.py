@@ -46,13 +46,12 @@ class Worker:
                  bridge: Any, counters: Counters, logger: Any,
                  config: Callable[[], NodeConfig | None],
                  reject: Callable[[str, str, str], None], now_ns: Callable[[], int],
-                 context_ok: Callable[[], bool],
-                 warn: Callable[[str, str], None] | None = None,
+                 context_ok: Callable[[], bool], *, warn: Callable[[str, str], None],
                  pairing: DepthPairing | None = None) -> None:
         self._scheduler, self._predictor, self._pubs = scheduler, predictor, dict(publishers)
         self._bridge, self._counters, self._log = bridge, counters, logger
         self._config, self._reject, self._now_ns, self._ok = config, reject, now_ns, context_ok
-        self._warn = warn or (lambda counter, line: counters.add(counter))
+        self._warn = warn
         self._pairing = pairing
         self._markers = rgbd.MarkerNamespaces()
         self._stop = threading.Event()
