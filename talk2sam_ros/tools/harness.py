@@ -42,14 +42,16 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
+from visualization_msgs.msg import MarkerArray
 
 from talk2sam_ros.common.timing import summarize
 from talk2sam_ros.common.transport import chosen_profile, profile_variables
 from talk2sam_ros.model.config import dtype_name
 from talk2sam_ros.msg import GraspCandidate, SegmentationResult, TextBoxPrompt
 from talk2sam_ros.ros import conversions as conv
+from talk2sam_ros.ros import grasp3d_messages as gm
 from talk2sam_ros.ros.params import DIAGNOSTICS_TOPIC, NODE_NAME, PUBLICATIONS
 
 Stamp = tuple[int, int]  # (sec, nanosec) of a header: the key of a frame and its outputs
@@ -57,6 +59,9 @@ Stamp = tuple[int, int]  # (sec, nanosec) of a header: the key of a frame and it
 OUTPUT_TYPES: dict[str, type] = {
     topic: {"result": SegmentationResult, "grasp": GraspCandidate}.get(topic, Image)
     for topic in PUBLICATIONS}
+# The node's 3D outputs (use_depth): listened to only when asked for, since a node without
+# use_depth does not advertise them.
+RGBD_OUTPUT_TYPES: dict[str, type] = dict(gm.TOPICS)
 CATEGORY_PROMPT_ID = -1  # the node answers `category` prompts with this id
 # Top-level stages of SegmentationResult.timing that are model work; every other top-level
 # lap (convert, publish_masks, grasp, overlay, ...) is the node's own overhead.
@@ -228,6 +233,12 @@ class Received:
     at: float
 
 
+def output_header(msg: Any) -> Header:
+    """The source frame's header an output carries (a MarkerArray: on each of its markers,
+    and the node always sends at least one)."""
+    return msg.markers[0].header if isinstance(msg, MarkerArray) else msg.header
+
+
 class Outputs:
     """What the node published: by topic in arrival order, and by source stamp (every output
     carries the header of the frame it answers)."""
@@ -239,7 +250,7 @@ class Outputs:
 
     def add(self, item: Received) -> None:
         self.by_topic[item.topic].append(item)
-        self.by_stamp[conv.stamp_key(item.msg.header)][item.topic].append(item)
+        self.by_stamp[conv.stamp_key(output_header(item.msg))][item.topic].append(item)
 
     def latest(self, stamp: Stamp, topic: str, match: Callable[[Any], bool] | None = None
                ) -> Received | None:
@@ -270,14 +281,16 @@ class NodeClient:
         self.check: Callable[[], None] | None = None  # run while waiting; may raise
         self.output_topics = tuple(dict.fromkeys(outputs))
         for topic in self.output_topics:
-            self.node.create_subscription(OUTPUT_TYPES[topic], topic, self._recorder(topic),
-                                          RELIABLE)
+            self.listen(topic)
         self._diagnostics_sub = self.node.create_subscription(
             DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, 50)
         self.image_pub = self.node.create_publisher(
             CompressedImage if compressed else Image, image_topic, RELIABLE)
         self.prompt_pub = self.node.create_publisher(TextBoxPrompt, "prompt", RELIABLE)
         self.category_pub = self.node.create_publisher(String, "category", RELIABLE)
+        # RGB-D inputs (the node's use_depth): depth and camera_info with the colour stamp
+        self.depth_pub = self.node.create_publisher(Image, "depth", RELIABLE)
+        self.camera_info_pub = self.node.create_publisher(CameraInfo, "camera_info", RELIABLE)
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -291,6 +304,13 @@ class NodeClient:
             if self.on_output is not None:
                 self.on_output(item)
         return record
+
+    def listen(self, topic: str) -> Any:
+        """Record every message the node publishes on `topic` (an output, 2D or 3D); returns
+        the subscription (destroy it to stop)."""
+        kind = OUTPUT_TYPES.get(topic) or RGBD_OUTPUT_TYPES[topic]
+        self.output_topics = tuple(dict.fromkeys((*self.output_topics, topic)))
+        return self.node.create_subscription(kind, topic, self._recorder(topic), RELIABLE)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -346,6 +366,11 @@ class NodeClient:
             and all(self.node.count_publishers(self.node.resolve_topic_name(t)) > 0
                     for t in self.output_topics), timeout)
 
+    def wait_rgbd_active(self, timeout: float = START_TIMEOUT_S) -> bool:
+        """Until the node (use_depth) subscribes to our depth and camera_info."""
+        return self.spin_until(lambda: self.depth_pub.get_subscription_count() > 0
+                               and self.camera_info_pub.get_subscription_count() > 0, timeout)
+
     def wait_diagnostics_matched(self, timeout: float = DIAGNOSTICS_WAIT_S) -> bool:
         """Until a /diagnostics publisher is matched (a status published then reaches us)."""
         return self.spin_until(lambda: self._diagnostics_sub.get_publisher_count() > 0,
@@ -387,6 +412,29 @@ class NodeClient:
         if stamp is not None:
             msg.header.stamp = stamp.stamp
         self.prompt_pub.publish(msg)
+
+    def publish_depth(self, depth: np.ndarray | Image, header: Header) -> None:
+        """A depth image: (H, W) uint16 mm (16UC1) or float32 m (32FC1), or a ready Image
+        (sent as it is, e.g. a malformed one); stamped with `header`."""
+        msg = depth if isinstance(depth, Image) else gm.depth_msg(depth, header)
+        msg.header = conv.copy_header(header)
+        self.depth_pub.publish(msg)
+
+    def publish_camera_info(self, camera: Any, header: Header) -> None:
+        """CameraInfo of a grasp.CameraModel, or a ready CameraInfo; stamped with `header`."""
+        msg = camera if isinstance(camera, CameraInfo) else gm.camera_info_msg(camera, header)
+        msg.header = conv.copy_header(header)
+        self.camera_info_pub.publish(msg)
+
+    def publish_rgbd(self, rgb: np.ndarray, depth: np.ndarray | Image, camera: Any,
+                     encoding: str = "rgb8", header: Header | None = None) -> Header:
+        """An RGB-D frame as a camera driver sends it: depth and camera_info, then the colour
+        image, all with one header (default: stamped now); returns the header. Depth first,
+        so it has arrived when the node pairs it with the frame."""
+        header = header or stamped_header(self.frame_id)
+        self.publish_depth(depth, header)
+        self.publish_camera_info(camera, header)
+        return self.publish_image(rgb, encoding, header)
 
     def publish_category(self, text: str) -> None:
         self.category_pub.publish(String(data=text))
@@ -611,6 +659,24 @@ class NodeHarness:
         return FrameResult(stamp, result.msg, {t: r.msg for t, r in got.items() if r},
                            (done - client.sent[stamp]) * 1e3,
                            {s.stage: float(s.ms) for s in result.msg.timing})
+
+    def listen(self, topics: Sequence[str]) -> None:
+        """Also collect these outputs from now on (e.g. the 3D ones of a use_depth node,
+        which computes them only while they have a subscriber); wait_frame then waits for
+        them too. The node needs a moment to see the new subscriptions."""
+        for topic in topics:
+            if topic not in self.output_topics:
+                self.client.listen(topic)
+        self.output_topics = tuple(dict.fromkeys((*self.output_topics, *topics)))
+
+    def send_rgbd(self, rgb: np.ndarray, depth: np.ndarray, camera: Any) -> Stamp:
+        """Publish an RGB-D frame (depth, camera_info, colour; publish_rgbd) stamped now;
+        returns its stamp. For a node with use_depth (wait_frame then collects its 3D
+        outputs too, if listened to)."""
+        header = self.client.publish_rgbd(rgb, depth, camera, "rgb8",
+                                          stamped_header(self.frame_id))
+        self._last_stamp = conv.stamp_key(header)
+        return self._last_stamp
 
     def send_and_wait(self, rgb: np.ndarray, timeout: float | None = None
                       ) -> FrameResult | None:
