@@ -50,8 +50,10 @@ from .talk2sam import Talk2SAM
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "talk2sam_ros.onnx_export"
-EXPORT_VERSION = 1
-OPSET = 18
+EXPORT_VERSION = 1  # part of every key: bump when the exported graphs or quantisation change
+# 23: scaled_dot_product_attention becomes ONNX's Attention operator, which ONNX Runtime runs
+# fused (SAM-HQ vit_b: 1.6x faster than opset 18's MatMul/Softmax graph on the CPU).
+OPSET = 23
 MODEL_FILE = "model.onnx"
 RECORD_FILE = "record.json"
 # Largest |export - torch| accepted on fp32 outputs, relative to the output's scale when that
@@ -80,6 +82,7 @@ class ExportKey:
     fingerprint: str
     architecture: str
     export_version: int = EXPORT_VERSION
+    opset: int = OPSET
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -218,18 +221,29 @@ def _quiet_loggers(names: tuple[str, ...]) -> Iterator[None]:
 
 
 def quantize_int8(source: Path, target: Path) -> None:
-    """int8 dynamic quantisation (weights int8, activations quantised per run) of the
-    MatMul/Gemm weights of an fp32 export: ONNX Runtime's own quantiser."""
+    """int8 dynamic quantisation (weights int8 per output channel, activations quantised per
+    run) of the MatMul/Gemm weights of an fp32 export: ONNX Runtime's own quantiser. Per
+    channel: mask IoU 0.94 against fp32 on the demo scenes (t), per tensor 0.91."""
     onnxruntime_module()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    root = logging.getLogger()
+    root.addFilter(_no_preprocessing_advice)
     try:
         with _quiet_loggers(_EXPORTER_LOGGERS):
             quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gemm"])
+                             per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
     except Exception as exc:  # the quantiser raises assorted types
         raise ExportError(f"int8 quantisation of {source} failed: {type(exc).__name__}: "
                           f"{one_line(exc)}") from None
+    finally:
+        root.removeFilter(_no_preprocessing_advice)
+
+
+def _no_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """The quantiser logs on the root logger that a shape-inference pre-pass may help; that
+    pass cannot read exports with external weights, and we measure the masks instead."""
+    return not str(record.msg).startswith("Please consider to run pre-processing")
 
 
 # ----------------------------------------------------------------------------- validation
