@@ -85,7 +85,7 @@ def test_new_export_is_validated_recorded_and_attached(ort_model, export_dir):
 
 
 @pytest.mark.parametrize("mode", ["patch", "attention_max"])
-def test_onnxruntime_matches_torch_logits_and_masks(export_dir, image, mode):
+def test_onnxruntime_matches_torch_logits_and_masks(ort_model, export_dir, image, mode):
     """Independently built torch and onnxruntime models (same seed): features, similarity,
     logits within 1e-4, identical masks wherever the logit is not at the threshold."""
     torch_model = build_talk2sam(get_preset("tiny").replace(similarity_mode=mode))
@@ -215,13 +215,14 @@ def test_float16_encoders_are_refused_with_onnxruntime(export_dir):
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
                     reason="this onnxruntime has the CUDA provider")
-def test_gpu_provider_without_onnxruntime_gpu_is_one_error_line(export_dir):
+def test_gpu_provider_without_onnxruntime_gpu_is_one_error_line(tmp_path):
     with pytest.raises(ExportError, match="CUDAExecutionProvider is not in this onnxruntime "
                                           r"\(.*\); install onnxruntime-gpu"):
-        build_talk2sam(onnx_config(runtime_provider="cuda"), export_dir=export_dir)
+        build_talk2sam(onnx_config(runtime_provider="cuda"), export_dir=tmp_path / "exports")
+    assert not (tmp_path / "exports").exists()  # refused before exporting anything
 
 
-def test_load_for_inference_keeps_exports_in_the_weights_cache(export_dir, tmp_path):
+def test_load_for_inference_keeps_exports_in_the_weights_cache(ort_model, export_dir, tmp_path):
     """export_dir "" -> <weights_dir>/exports; auto dtype is float32 with onnxruntime."""
     shutil.copytree(export_dir, tmp_path / "exports")
     spec = InferenceSpec(preset="tiny", weights_dir=str(tmp_path), device="cpu",
@@ -232,8 +233,8 @@ def test_load_for_inference_keeps_exports_in_the_weights_cache(export_dir, tmp_p
     assert all(r.reused and r.folder.parent == tmp_path / "exports" for r in recs.values())
 
 
-def test_int8_dynamic_export_keeps_masks_close(export_dir, tmp_path, image):
-    shutil.copytree(export_dir, tmp_path / "exports")
+def test_int8_dynamic_export_keeps_masks_close(ort_model, export_dir, tmp_path, image):
+    shutil.copytree(export_dir, tmp_path / "exports")  # with the fp32 exports (ort_model)
     model = build_talk2sam(onnx_config(runtime_quantize="int8_dynamic"),
                            export_dir=tmp_path / "exports")
     recs = model.image_runtime.records

@@ -44,7 +44,7 @@ from .errors import ExportError
 from .predictor import Talk2SAMPredictor
 from .runtime import (ENCODER_PARTS, INPUT_NAME, OUTPUT_NAMES, OnnxEncoders,
                       execution_providers, onnxruntime_module, open_session,
-                      resolve_provider)
+                      require_provider, resolve_provider)
 from .talk2sam import Talk2SAM
 
 log = logging.getLogger(__name__)
@@ -446,6 +446,7 @@ def prepare_runtime(model: Talk2SAM, export_dir: str | os.PathLike | None,
     if cfg.runtime_quantize != "none" and provider != "cpu":
         raise ValueError(f"runtime_quantize {cfg.runtime_quantize} runs on the cpu provider, "
                          f"not {provider} (device {device})")
+    require_provider(provider)  # before a minutes-long export, not after
     records = ensure_exports(model, Path(export_dir), cfg.runtime_quantize, progress)
     sessions = {}
     for part, record in records.items():

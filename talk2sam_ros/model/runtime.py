@@ -55,17 +55,27 @@ def execution_providers(provider: str, device: torch.device, fp16: bool,
     timing cache) in `engine_cache`, so only the first session on a GPU builds them."""
     name = resolve_provider(provider, device)
     device_id = {"device_id": device.index or 0} if device.type == "cuda" else {}
-    cpu = "CPUExecutionProvider"
+    cpu = _ORT_PROVIDER["cpu"]
     if name == "cpu":
         return [cpu]
-    cuda = ("CUDAExecutionProvider", dict(device_id))
+    cuda = (_ORT_PROVIDER["cuda"], dict(device_id))
     if name == "cuda":
         return [cuda, cpu]
     trt: dict[str, Any] = {**device_id, "trt_fp16_enable": bool(fp16)}
     if engine_cache is not None:
         trt.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(engine_cache),
                    trt_timing_cache_enable=True, trt_timing_cache_path=str(engine_cache))
-    return [("TensorrtExecutionProvider", trt), cuda, cpu]
+    return [(_ORT_PROVIDER["tensorrt"], trt), cuda, cpu]
+
+
+def require_provider(name: str) -> None:
+    """ExportError (one line) unless this onnxruntime build has provider `name` (cpu, cuda,
+    tensorrt or its ONNX Runtime name)."""
+    ort = onnxruntime_module()
+    full = _ORT_PROVIDER.get(name, name)
+    if full not in ort.get_available_providers():
+        raise ExportError(f"{full} is not in this onnxruntime "
+                          f"({', '.join(ort.get_available_providers())}); {GPU_PACKAGE_HINT}")
 
 
 def open_session(path: Path, providers: Sequence[Any], threads: int = 0) -> Any:
@@ -73,9 +83,7 @@ def open_session(path: Path, providers: Sequence[Any], threads: int = 0) -> Any:
     the file does not load or the first requested provider is not the one that runs it."""
     ort = onnxruntime_module()
     first = providers[0] if isinstance(providers[0], str) else providers[0][0]
-    if first not in ort.get_available_providers():
-        raise ExportError(f"{first} is not in this onnxruntime "
-                          f"({', '.join(ort.get_available_providers())}); {GPU_PACKAGE_HINT}")
+    require_provider(first)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = int(threads)
