@@ -305,7 +305,7 @@ class Talk2SAMNode(LifecycleNode):
         from talk2sam_ros.weights.inference import load_for_inference
 
         log = self.get_logger()
-        loaded = load_for_inference(cfg.inference_spec)
+        loaded = load_for_inference(cfg.inference_spec, progress=log.info)  # ONNX export steps
         self._device = loaded.device
         self._model = loaded.model
         self._predictor = Talk2SAMPredictor(self._model, text_cache_size=cfg.text_cache_size)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from talk2sam_ros.common.cli import cli_logging
-from talk2sam_ros.model.config import DTYPE_ALIASES, DTYPE_NAMES, dtype_name
+from talk2sam_ros.model.config import DTYPE_ALIASES, DTYPE_NAMES, RUNTIMES, dtype_name
 
 LOG = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class BenchConfig:
     dtype: str = "float32"  # float32 | float16 | bfloat16 (or fp32 / fp16 / bf16)
     sdpa: bool = True  # scaled_dot_product_attention in the encoders (where the model allows)
     compile: bool = False  # torch.compile the frozen image encoders
+    runtime: str = "torch"  # image encoders: torch | onnxruntime (side by side with torch)
     runs: int = 10
     warmup: int = 2
     image_size: tuple[int, int] = (640, 480)  # width, height of the benchmark frames
@@ -158,7 +159,8 @@ def build_predictor(cfg: BenchConfig) -> tuple[Any, Any, dict[str, str]]:
 
     spec = InferenceSpec(preset=cfg.preset, device=cfg.device, dtype=cfg.dtype,
                          allow_random_weights=not cfg.checkpoints_from_cache,
-                         overrides={"compile": cfg.compile, "sam_sdpa": cfg.sdpa})
+                         overrides={"compile": cfg.compile, "sam_sdpa": cfg.sdpa,
+                                    "runtime": cfg.runtime})
     with _sdpa(cfg.sdpa):
         loaded = load_for_inference(spec)
     files = {part: str(path) for part, path in loaded.checkpoints.items()}
@@ -205,12 +207,15 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
     import torch
 
     from talk2sam_ros.model.profile import profile_predictor
+    from talk2sam_ros.model.runtime_compare import compare_runtimes
 
     model, pred, files = build_predictor(cfg)
     w, h = cfg.image_size
     if cfg.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(torch.device(cfg.device))
     prof = profile_predictor(model=model, runs=cfg.runs, warmup=cfg.warmup, image_size=(h, w))
+    runtimes = (compare_runtimes(model, prof, runs=cfg.runs, warmup=cfg.warmup,
+                                 image_size=(h, w)) if cfg.runtime != "torch" else None)
     stages = {ours: _from_profile(prof["stages"][theirs])
               for theirs, ours in _PROFILE_STAGES.items() if theirs in prof["stages"]}
     totals = {ours: _from_profile(prof["stages"][theirs])
@@ -257,6 +262,7 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "weights": files,
         "profile": prof,
+        "runtimes": runtimes,
     }
 
 
@@ -270,7 +276,7 @@ def bench_node(cfg: BenchConfig) -> dict[str, Any]:
     # Reliable image QoS: a frame lost in transport would stall the one-at-a-time loop.
     settings = NodeSettings(preset=cfg.preset, device=cfg.device, dtype=cfg.dtype,
                             checkpoints_from_cache=cfg.checkpoints_from_cache,
-                            extra={"qos_reliability": "reliable"})
+                            extra={"qos_reliability": "reliable", "runtime": cfg.runtime})
     frames = bench_frames(cfg.image_size, max(cfg.node_frames, 8), seed=3)
     box = prompt_boxes(cfg.image_size, 1)[0]
     log = cfg.out / f"node_{cfg.preset}_{cfg.device.replace(':', '')}.log"
@@ -317,11 +323,13 @@ def _weights_text(model_result: dict[str, Any] | None) -> str:
 
 def to_markdown(result: dict[str, Any]) -> str:
     """The report as Markdown tables (what docs/README show)."""
+    from talk2sam_ros.model.runtime_compare import comparison_markdown
+
     cfg, m = result["config"], result.get("model")
     mach = result["machine"]
     where = mach.get("gpu") or f"{mach['cpu']} ({mach['torch_threads']} torch threads)"
     lines = [f"### talk2sam-bench: preset `{cfg['preset']}`, {cfg['device']}, {cfg['dtype']}"
-             f"{', compiled' if cfg['compile'] else ''}"
+             f", runtime {cfg.get('runtime', 'torch')}{', compiled' if cfg['compile'] else ''}"
              f"{'' if cfg['sdpa'] else ', no SDPA'}", "",
              f"Machine: {where}; torch {mach['torch']}; frames {cfg['image_size'][0]}x"
              f"{cfg['image_size'][1]}; {cfg['runs']} runs after {cfg['warmup']} warm-up; "
@@ -350,6 +358,9 @@ def to_markdown(result: dict[str, Any]) -> str:
                    if "cuda_max_allocated_mib" in mem else
                    f"process RSS peak {_fmt(mem.get('rss_peak_mib'), 0)} MiB")
         lines += ["", f"Peak memory: {mem_txt}; parameters {_fmt(m['parameters_m'], 1)} M."]
+        if m.get("runtimes"):
+            lines += ["", "Runtimes side by side (same model and weights):", "",
+                      comparison_markdown(m["runtimes"]).rstrip()]
     n = result.get("node")
     if n:
         st = n["stream"]
@@ -401,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=d.sdpa,
                    help="fused scaled-dot-product attention in the encoders")
     p.add_argument("--compile", action="store_true", help="torch.compile the image encoders")
+    p.add_argument("--runtime", default=d.runtime, choices=RUNTIMES,
+                   help="image encoders' runtime; onnxruntime is also timed against torch")
     p.add_argument("--runs", type=int, default=d.runs)
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--image-size", default="640x480", help="WxH of the frames (640x480)")
@@ -426,7 +439,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise SystemExit("talk2sam-bench: error: --runs must be >= 1 and --warmup >= 0")
     return BenchConfig(preset=args.preset, device=args.device, dtype=dtype_name(args.dtype),
                        sdpa=args.sdpa,
-                       compile=args.compile, runs=args.runs, warmup=args.warmup,
+                       compile=args.compile, runtime=args.runtime, runs=args.runs,
+                       warmup=args.warmup,
                        image_size=(w, h), text=args.text,
                        checkpoints_from_cache=args.checkpoints_from_cache, node=args.node,
                        node_frames=args.node_frames, stream_hz=args.stream_hz,
