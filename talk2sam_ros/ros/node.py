@@ -248,7 +248,8 @@ class Talk2SAMNode(LifecycleNode):
         from talk2sam_ros.model import Talk2SAMPredictor
         from talk2sam_ros.weights.inference import load_for_inference
 
-        loaded = load_for_inference(cfg.inference_spec)
+        loaded = load_for_inference(cfg.inference_spec,
+                                    progress=self.get_logger().info)  # ONNX export steps
         self._device = loaded.device
         self._predictor = Talk2SAMPredictor(loaded.model, text_cache_size=cfg.text_cache_size)
         for part, path in loaded.checkpoints.items():

@@ -20,7 +20,8 @@ from talk2sam_ros.common.params import ParamSpec, values_from_params
 from talk2sam_ros.grasp import GraspConfig
 from talk2sam_ros.grasp.depth import check_depth_range
 from talk2sam_ros.model.config import (CHECKPOINT_PARTS, DEVICE_HELP, DEVICE_PATTERN,
-                                       DTYPE_NAMES, PRESET_NAMES)
+                                       DTYPE_NAMES, PRESET_NAMES, RUNTIME_PROVIDERS,
+                                       RUNTIME_QUANTIZE, RUNTIMES)
 from talk2sam_ros.weights.resolve import InferenceSpec
 
 NODE_NAME = "talk2sam"
@@ -152,6 +153,18 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("dtype", "auto", "Inference dtype: auto (float16 on cuda, float32 otherwise), "
               "float32, float16 or bfloat16.", choices=DTYPES),
     ParamSpec("compile", False, "torch.compile the frozen image encoders (slow first frame)."),
+    ParamSpec("runtime", "torch", "Where the frozen image encoders run: torch, or onnxruntime "
+              "(validated ONNX exports in export_dir, made at the first configure).",
+              choices=RUNTIMES),
+    ParamSpec("runtime_provider", "auto", "ONNX Runtime execution provider: auto (cuda on a "
+              "CUDA device, else cpu), cpu, cuda or tensorrt (these two need onnxruntime-gpu).",
+              choices=RUNTIME_PROVIDERS),
+    ParamSpec("runtime_fp16", False, "runtime_provider tensorrt: build fp16 TensorRT engines."),
+    ParamSpec("runtime_quantize", "none", "runtime onnxruntime on the cpu provider: "
+              "int8_dynamic quantises the encoders' weights (faster; masks change, see "
+              "docs/model.md).", choices=RUNTIME_QUANTIZE),
+    ParamSpec("export_dir", "", "ONNX exports and TensorRT engine caches; empty: "
+              "<weights_dir or its default>/exports."),
     ParamSpec("text_cache_size", 128, "Text embeddings kept across frames (0 = no cache).",
               low=0, high=100000),
     ParamSpec("text_box_threshold", 0.55, "Text-only prompts: absolute similarity floor of "
@@ -254,6 +267,11 @@ class NodeConfig:
     device: str
     dtype: str
     compile: bool
+    runtime: str
+    runtime_provider: str
+    runtime_fp16: bool
+    runtime_quantize: str
+    export_dir: str
     text_cache_size: int
     text_box_threshold: float
     text_box_relative: float
@@ -305,8 +323,11 @@ class NodeConfig:
         return InferenceSpec(
             preset=self.preset, checkpoints=self.checkpoints, weights_dir=self.weights_dir,
             allow_random_weights=self.allow_random_weights, device=self.device,
-            dtype=self.dtype,
-            overrides={"text_box_threshold": self.text_box_threshold,
+            dtype=self.dtype, export_dir=self.export_dir,
+            overrides={"runtime": self.runtime, "runtime_provider": self.runtime_provider,
+                       "runtime_fp16": self.runtime_fp16,
+                       "runtime_quantize": self.runtime_quantize,
+                       "text_box_threshold": self.text_box_threshold,
                        "text_box_relative": self.text_box_relative,
                        "max_text_boxes": self.max_text_boxes,
                        "text_box_min_cells": self.text_box_min_cells,

@@ -32,7 +32,8 @@ import numpy as np
 
 from talk2sam_ros.common.cli import CliParser, UsageError, run_cli
 from talk2sam_ros.common.timing import Stopwatch, summarize
-from talk2sam_ros.model.config import DTYPE_ALIASES, DTYPE_NAMES, PRESET_NAMES, dtype_name
+from talk2sam_ros.model.config import (DTYPE_ALIASES, DTYPE_NAMES, PRESET_NAMES, RUNTIMES,
+                                       dtype_name)
 
 LOG = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class BenchConfig:
     dtype: str = "float32"  # float32 | float16 | bfloat16 (or fp32 / fp16 / bf16)
     sdpa: bool = True  # scaled_dot_product_attention in the encoders (where the model allows)
     compile: bool = False  # torch.compile the frozen image encoders
+    runtime: str = "torch"  # image encoders: torch | onnxruntime (side by side with torch)
     runs: int = 10
     warmup: int = 2
     image_size: tuple[int, int] = (640, 480)  # width, height of the benchmark frames
@@ -135,7 +137,8 @@ def build_predictor(cfg: BenchConfig) -> tuple[Any, Any, dict[str, str]]:
 
     spec = InferenceSpec(preset=cfg.preset, device=cfg.device, dtype=cfg.dtype,
                          allow_random_weights=not cfg.checkpoints_from_cache,
-                         overrides={"compile": cfg.compile, "sam_sdpa": cfg.sdpa})
+                         overrides={"compile": cfg.compile, "sam_sdpa": cfg.sdpa,
+                                    "runtime": cfg.runtime})
     with _sdpa(cfg.sdpa):
         loaded = load_for_inference(spec)
     files = {part: str(path) for part, path in loaded.checkpoints.items()}
@@ -183,6 +186,7 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
     import torch
 
     from talk2sam_ros.model.profile import profile_predictor
+    from talk2sam_ros.model.runtime_compare import compare_runtimes
     from talk2sam_ros.model.timing import device_sync
 
     model, pred, files = build_predictor(cfg)
@@ -191,6 +195,8 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     prof = profile_predictor(model=model, runs=cfg.runs, warmup=cfg.warmup, image_size=(h, w))
+    runtimes = (compare_runtimes(model, prof, runs=cfg.runs, warmup=cfg.warmup,
+                                 image_size=(h, w)) if cfg.runtime != "torch" else None)
     stages = {ours: _from_profile(prof["stages"][theirs])
               for theirs, ours in _PROFILE_STAGES.items() if theirs in prof["stages"]}
     totals = {ours: _from_profile(prof["stages"][theirs])
@@ -238,6 +244,7 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "weights": files,
         "profile": prof,
+        "runtimes": runtimes,
     }
 
 
@@ -254,7 +261,8 @@ def bench_node(cfg: BenchConfig) -> dict[str, Any]:
     # use_depth, the 3D stage runs only once its outputs have subscribers (the RGB-D phase).
     settings = NodeSettings(preset=cfg.preset, device=cfg.device, dtype=cfg.dtype,
                             checkpoints_from_cache=cfg.checkpoints_from_cache,
-                            extra={"qos_reliability": "reliable", "use_depth": cfg.rgbd})
+                            extra={"qos_reliability": "reliable", "use_depth": cfg.rgbd,
+                                   "runtime": cfg.runtime})
     frames = bench_frames(cfg.image_size, max(cfg.node_frames, 8), seed=3)
     box = prompt_boxes(cfg.image_size, 1)[0]
     log = cfg.out / f"node_{cfg.preset}_{cfg.device.replace(':', '')}.log"
@@ -352,11 +360,13 @@ def _weights_text(model_result: dict[str, Any] | None) -> str:
 
 def to_markdown(result: dict[str, Any]) -> str:
     """The report as Markdown tables (what docs/README show)."""
+    from talk2sam_ros.model.runtime_compare import comparison_markdown
+
     cfg, m = result["config"], result.get("model")
     mach = result["machine"]
     where = mach.get("gpu") or f"{mach['cpu']} ({mach['torch_threads']} torch threads)"
     lines = [f"### talk2sam-bench: preset `{cfg['preset']}`, {cfg['device']}, {cfg['dtype']}"
-             f"{', compiled' if cfg['compile'] else ''}"
+             f", runtime {cfg.get('runtime', 'torch')}{', compiled' if cfg['compile'] else ''}"
              f"{'' if cfg['sdpa'] else ', no SDPA'}", "",
              f"Machine: {where}; torch {mach['torch']}; frames {cfg['image_size'][0]}x"
              f"{cfg['image_size'][1]}; {cfg['runs']} runs after {cfg['warmup']} warm-up; "
@@ -385,6 +395,9 @@ def to_markdown(result: dict[str, Any]) -> str:
                    if "cuda_max_allocated_mib" in mem else
                    f"process RSS peak {_fmt(mem.get('rss_peak_mib'), 0)} MiB")
         lines += ["", f"Peak memory: {mem_txt}; parameters {_fmt(m['parameters_m'], 1)} M."]
+        if m.get("runtimes"):
+            lines += ["", "Runtimes side by side (same model and weights):", "",
+                      comparison_markdown(m["runtimes"]).rstrip()]
     n = result.get("node")
     if n:
         st = n["stream"]
@@ -449,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=d.sdpa,
                    help="fused scaled-dot-product attention in the encoders")
     p.add_argument("--compile", action="store_true", help="torch.compile the image encoders")
+    p.add_argument("--runtime", default=d.runtime, choices=RUNTIMES,
+                   help="image encoders' runtime; onnxruntime is also timed against torch")
     p.add_argument("--runs", type=int, default=d.runs)
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--image-size", default="640x480", help="WxH of the frames (640x480)")
@@ -481,7 +496,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise UsageError("--stream-hz must be > 0 and --stream-seconds >= 0")
     return BenchConfig(preset=args.preset, device=args.device, dtype=dtype_name(args.dtype),
                        sdpa=args.sdpa,
-                       compile=args.compile, runs=args.runs, warmup=args.warmup,
+                       compile=args.compile, runtime=args.runtime, runs=args.runs,
+                       warmup=args.warmup,
                        image_size=(w, h), text=args.text,
                        checkpoints_from_cache=args.checkpoints_from_cache, node=args.node,
                        node_frames=args.node_frames, stream_hz=args.stream_hz,
