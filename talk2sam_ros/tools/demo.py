@@ -38,6 +38,7 @@ from talk2sam_ros.common.timing import summarize
 from talk2sam_ros.model.config import CHECKPOINT_PARTS, PRESET_NAMES
 from talk2sam_ros.model.errors import CheckpointError
 from talk2sam_ros.ros.conversions import make_bridge
+from talk2sam_ros.tools.bags import BagError
 from talk2sam_ros.tools.harness import (FrameResult, NodeError, NodeHarness, NodeSettings,
                                         keep_dds_on_loopback, node_counters)
 from talk2sam_ros.weights.registry import WeightsError, cache_dir_path, trained_weights_path
@@ -46,6 +47,7 @@ LOG = logging.getLogger(__name__)
 
 PROG = "talk2sam-demo"
 OUTPUT_TOPICS = ("result", "mask", "similarity_color", "overlay", "grasp")
+BAG_RATES = ("max", "recorded")
 
 
 class DemoError(RuntimeError):
@@ -255,12 +257,20 @@ def save_frame_pngs(out_dir: Path, index: int, frame: DemoFrame, res: FrameResul
     return files
 
 
-def summarize_run(records: list[dict[str, Any]], answers: list[FrameResult],
-                  stream: dict[str, Any] | None, meta: dict[str, Any]) -> dict[str, Any]:
+def latency_summary(answers: list[FrameResult]) -> dict[str, Any]:
+    """End-to-end, pipeline, overhead and per-stage latency of the answers (ms summaries)."""
     stages: dict[str, list[float]] = {}
     for a in answers:
         for name, ms in a.stages.items():
             stages.setdefault(name, []).append(ms)
+    return {"end_to_end_ms": summarize([a.latency_ms for a in answers]),
+            "node_overhead_ms": summarize([a.node_overhead_ms for a in answers]),
+            "pipeline_ms": summarize([a.pipeline_ms for a in answers]),
+            "stages_ms": {k: summarize(v) for k, v in stages.items()}}
+
+
+def summarize_run(records: list[dict[str, Any]], answers: list[FrameResult],
+                  stream: dict[str, Any] | None, meta: dict[str, Any]) -> dict[str, Any]:
     ious = {"text+box": [r["iou"] for r in records
                          if r.get("iou") is not None and r["mode"] == "text+box"],
             "text-only": [r["iou"] for r in records
@@ -271,10 +281,7 @@ def summarize_run(records: list[dict[str, Any]], answers: list[FrameResult],
         "frames_sent": len(records),
         "frames_processed": sum(1 for r in records if r["answered"]),
         "frames_unanswered": sum(1 for r in records if not r["answered"]),
-        "end_to_end_ms": summarize([a.latency_ms for a in answers]),
-        "node_overhead_ms": summarize([a.node_overhead_ms for a in answers]),
-        "pipeline_ms": summarize([a.pipeline_ms for a in answers]),
-        "stages_ms": {k: summarize(v) for k, v in stages.items()},
+        **latency_summary(answers),
         "miou_synthetic": {k: (float(np.mean(v)) if v else None) for k, v in ious.items()},
         "synthetic_scenes": {k: len(v) for k, v in ious.items()},
         "node_counters": None if last is None else node_counters(last),
@@ -283,10 +290,26 @@ def summarize_run(records: list[dict[str, Any]], answers: list[FrameResult],
     }
 
 
-def summary_markdown(s: dict[str, Any]) -> str:
-    def f(x: Any, d: int = 1) -> str:
-        return "-" if x is None else f"{x:.{d}f}"
+def fmt(x: Any, d: int = 1) -> str:
+    """A number for the summary tables ('-' for none)."""
+    return "-" if x is None else f"{x:.{d}f}"
 
+
+def latency_table(s: dict[str, Any]) -> list[str]:
+    """Markdown rows of latency_summary's figures."""
+    lines = ["| latency (ms) | median | p90 |", "|---|---:|---:|"]
+    for label, key in (("image publish -> mask received", "end_to_end_ms"),
+                       ("node pipeline (sum of top-level stages)", "pipeline_ms"),
+                       ("node overhead (convert, publish, grasp, overlay)", "node_overhead_ms")):
+        lines.append(f"| {label} | {fmt(s[key].get('median'))} | {fmt(s[key].get('p90'))} |")
+    for name, st in s["stages_ms"].items():
+        lines.append(f"| stage `{name}` | {fmt(st.get('median'), 2)} | "
+                     f"{fmt(st.get('p90'), 2)} |")
+    return lines
+
+
+def summary_markdown(s: dict[str, Any]) -> str:
+    f = fmt
     lines = [f"# talk2sam-demo: preset `{s['preset']}` on {s['device']}", "",
              f"Weights: {s['weights']}. {s['quality_note']}", "",
              f"Frames sent one at a time: {s['frames_sent']}, answered: "
@@ -297,13 +320,7 @@ def summary_markdown(s: dict[str, Any]) -> str:
               f"{s['synthetic_scenes']['text+box']} |",
               f"| text only (boxes from similarity) | {f(miou['text-only'], 3)} | "
               f"{s['synthetic_scenes']['text-only']} |", "",
-              "| latency (ms) | median | p90 |", "|---|---:|---:|"]
-    for label, key in (("image publish -> mask received", "end_to_end_ms"),
-                       ("node pipeline (sum of top-level stages)", "pipeline_ms"),
-                       ("node overhead (convert, publish, grasp, overlay)", "node_overhead_ms")):
-        lines.append(f"| {label} | {f(s[key].get('median'))} | {f(s[key].get('p90'))} |")
-    for name, st in s["stages_ms"].items():
-        lines.append(f"| stage `{name}` | {f(st.get('median'), 2)} | {f(st.get('p90'), 2)} |")
+              *latency_table(s)]
     st = s.get("stream")
     if st:
         lines += ["", f"Stream at {st['rate_hz']:.0f} Hz for {st['seconds']:.1f} s: "
@@ -393,6 +410,34 @@ def build_frames(cfg: DemoConfig, cache: Path) -> list[DemoFrame]:
     return frames[: cfg.max_frames]
 
 
+@dataclass(frozen=True)
+class NodePlan:
+    """The node the demo starts and what its summary says about the weights."""
+
+    settings: NodeSettings
+    weights: str
+    quality_note: str
+
+
+def plan_node(cfg: DemoConfig, cache: Path, extra: Mapping[str, Any] | None = None
+              ) -> NodePlan:
+    """The node's settings (reliable image QoS plus `extra` parameters); trains the tiny head
+    first when the default tiny preset has none (ensure_trained_tiny)."""
+    checkpoints = dict(cfg.checkpoints)
+    trained = cfg.preset == "tiny" and "talk2sam" not in checkpoints and not cfg.params_file
+    if trained:
+        checkpoints["talk2sam"] = str(ensure_trained_tiny(cache, cfg.train, cfg.retrain,
+                                                          cfg.progress))
+    params: dict[str, Any] = {"qos_reliability": "reliable", **(extra or {})}
+    if cfg.weights_dir:
+        params["weights_dir"] = str(cfg.weights_dir)
+    settings = NodeSettings(preset=cfg.preset, device=cfg.device, checkpoints=checkpoints,
+                            params_file=cfg.params_file,
+                            checkpoints_from_cache=cfg.preset != "tiny", extra=params)
+    weights, quality = describe_weights(cfg.preset, checkpoints, cfg.params_file, trained)
+    return NodePlan(settings, weights, quality)
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """The whole demo; returns the summary (also written to cfg.out)."""
     from talk2sam_ros.common.metrics import mask_iou
@@ -400,18 +445,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     cache = cache_dir_path(cfg.weights_dir)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
-    checkpoints = dict(cfg.checkpoints)
-    trained = cfg.preset == "tiny" and "talk2sam" not in checkpoints and not cfg.params_file
-    if trained:
-        checkpoints["talk2sam"] = str(ensure_trained_tiny(cache, cfg.train, cfg.retrain,
-                                                          cfg.progress))
+    node = plan_node(cfg, cache)
     frames = build_frames(cfg, cache)
-    extra: dict[str, Any] = {"qos_reliability": "reliable"}
-    if cfg.weights_dir:
-        extra["weights_dir"] = str(cfg.weights_dir)
-    settings = NodeSettings(preset=cfg.preset, device=cfg.device, checkpoints=checkpoints,
-                            params_file=cfg.params_file,
-                            checkpoints_from_cache=cfg.preset != "tiny", extra=extra)
+    settings = node.settings
     print(f"[demo] starting the node (preset {cfg.preset}, {cfg.device}); log: "
           f"{out / 'node.log'}", flush=True)
     records: list[dict[str, Any]] = []
@@ -455,13 +491,18 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             print(f"[demo] streaming at {cfg.rate_hz:g} Hz for {cfg.stream_seconds:g} s",
                   flush=True)
             stream = h.stream([f.rgb for f in frames], cfg.rate_hz, cfg.stream_seconds)
-    weights, quality = describe_weights(cfg.preset, checkpoints, cfg.params_file, trained)
     meta = {"preset": cfg.preset, "device": cfg.device, "output_dir": str(out),
-            "weights": weights, "quality_note": quality, "ros_domain_id": h.domain}
+            "weights": node.weights, "quality_note": node.quality_note,
+            "ros_domain_id": h.domain}
     summary = summarize_run(records, answers, stream, meta)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
-    (out / "summary.md").write_text(summary_markdown(summary))
+    write_summary(out, summary, summary_markdown(summary))
     return summary
+
+
+def write_summary(out: Path, summary: dict[str, Any], markdown: str) -> None:
+    """summary.json and summary.md in the output folder."""
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    (out / "summary.md").write_text(markdown)
 
 
 def _json_default(obj: Any) -> Any:
@@ -499,15 +540,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "$TALK2SAM_WEIGHTS_DIR or ~/.cache/talk2sam_ros/weights)")
     p.add_argument("--images", help="folder of your images instead of the built-in set")
     p.add_argument("--video", help="video file instead of the built-in set")
-    p.add_argument("--text", default="cable", help="prompt for --images/--video (cable)")
-    p.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
-                   help="box prompt for --images/--video (default: text-only)")
+    p.add_argument("--text", help="prompt for --images/--video/--bag (cable)")
+    p.add_argument("--box", type=float, nargs=4, action="append",
+                   metavar=("X0", "Y0", "X1", "Y1"), help="box prompt for --images/--video/"
+                   "--bag, source pixels; repeatable (default: text-only)")
     p.add_argument("--synthetic", type=int, default=6, help="held-out synthetic scenes (6)")
     p.add_argument("--synthetic-size", type=int,
                    help="side of the synthetic scenes, px (default: the training recipe's, "
                    "with its distractor setting; set: 50 %% distractors)")
     p.add_argument("--no-photos", action="store_true", help="skip the scikit-image photos")
-    p.add_argument("--max-frames", type=int, default=30)
+    p.add_argument("--max-frames", type=int,
+                   help="most frames to publish (30; with --bag: all of the bag's)")
     p.add_argument("--rate", type=float, default=10.0, help="stream rate, Hz (10)")
     p.add_argument("--stream-seconds", type=float, default=4.0, help="0 skips the stream")
     p.add_argument("--train-images", type=int, help="synthetic training images (recipe: 48)")
@@ -517,7 +560,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true", help="train the tiny head again")
     p.add_argument("--timeout", type=float, default=300.0, help="node start / answer timeout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    bag = p.add_argument_group("a recorded ROS 2 bag instead of the built-in set (docs/tools.md)")
+    bag.add_argument("--bag", help="rosbag2 folder or file (.db3 or .mcap)")
+    bag.add_argument("--image-topic", help="colour topic (sensor_msgs/Image or CompressedImage)")
+    bag.add_argument("--depth-topic", help="aligned depth topic (sensor_msgs/Image 16UC1/32FC1)")
+    bag.add_argument("--camera-info-topic", help="colour camera's sensor_msgs/CameraInfo topic")
+    bag.add_argument("--prompts", help="prompt schedule YAML: a list of {t: seconds from the "
+                     "bag's start, text: ..., boxes: [[x0, y0, x1, y1], ...]} (instead of "
+                     "--text/--box)")
+    bag.add_argument("--bag-rate", choices=BAG_RATES, help="max (default): each frame once "
+                     "the node has answered the previous one, so every frame is processed; "
+                     "recorded: at the bag's own timing, frames the node cannot keep up with "
+                     "are dropped as on the robot")
+    bag.add_argument("--output-bag", help="the bag of the node's outputs (default <out>/outputs)")
+    bag.add_argument("--output-storage", choices=("mcap", "sqlite3"), help="mcap (default) or "
+                     "sqlite3 (.db3)")
+    bag.add_argument("--output-namespace", help="namespace of the output topics in the bag "
+                     "(default: none, /mask, /result, ... as the node publishes them)")
+    bag.add_argument("--with-inputs", action="store_true", help="also write the frames (and "
+                     "depth, camera_info) played, as the node's inputs image, depth, camera_info")
+    bag.add_argument("--png-every", type=int, help="PNGs of every N-th frame played (10; 0: "
+                     "none)")
     return p
+
+
+# Options of the bag mode only (dest names).
+BAG_OPTIONS = ("image_topic", "depth_topic", "camera_info_topic", "prompts", "bag_rate",
+               "output_bag", "output_storage", "output_namespace", "with_inputs", "png_every")
 
 
 def preset_from_params_file(path: str | os.PathLike) -> str | None:
@@ -539,8 +608,15 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     for name, value in (("--rate", args.rate), ("--timeout", args.timeout)):
         if not value > 0:
             raise UsageError(f"{name} must be > 0, got {value:g}")
-    if args.max_frames < 1 or args.synthetic < 0 or args.stream_seconds < 0:
+    max_frames = 30 if args.max_frames is None else args.max_frames
+    if max_frames < 1 or args.synthetic < 0 or args.stream_seconds < 0:
         raise UsageError("--max-frames must be >= 1, --synthetic and --stream-seconds >= 0")
+    if args.bag is None:
+        given = [name for name in BAG_OPTIONS if getattr(args, name) not in (None, False)]
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} needs --bag")
+    elif args.images or args.video:
+        raise UsageError("--bag cannot be combined with --images or --video")
     preset = args.preset
     if preset is None:
         preset = (preset_from_params_file(args.params_file) if args.params_file else None)
@@ -550,10 +626,10 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         out=out.resolve(), preset=preset, device=args.device,
         checkpoints=dict(args.checkpoint), params_file=args.params_file,
         images=Path(args.images) if args.images else None,
-        video=Path(args.video) if args.video else None, text=args.text,
-        boxes=None if args.box is None else np.asarray([args.box], np.float32),
+        video=Path(args.video) if args.video else None, text=args.text or "cable",
+        boxes=None if args.box is None else np.asarray(args.box, np.float32),
         photos=not args.no_photos, synthetic=args.synthetic,
-        synthetic_size=args.synthetic_size, max_frames=args.max_frames,
+        synthetic_size=args.synthetic_size, max_frames=max_frames,
         rate_hz=args.rate, stream_seconds=args.stream_seconds,
         train=TrainBudget(images=args.train_images, image_size=args.train_size,
                           epochs=args.train_epochs, max_steps=args.train_steps),
@@ -562,14 +638,24 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 
 
 # The demo's expected failures; anything else is a bug and keeps its traceback.
-ERRORS = (DemoError, NodeError, WeightsError, CheckpointError, OSError)
+ERRORS = (DemoError, NodeError, BagError, WeightsError, CheckpointError, OSError)
 
 
 def _demo(argv: list[str] | None) -> int:
-    cfg = config_from_args(build_parser().parse_args(argv))
-    keep_dds_on_loopback()
-    summary = run_demo(cfg)
-    print(summary_markdown(summary))
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    if args.bag is not None:
+        from talk2sam_ros.tools import demo_bag
+
+        bag_cfg = demo_bag.config_from_args(args, cfg)
+        keep_dds_on_loopback()
+        summary = demo_bag.run_bag_demo(bag_cfg)
+        markdown = demo_bag.summary_markdown(summary)
+    else:
+        keep_dds_on_loopback()
+        summary = run_demo(cfg)
+        markdown = summary_markdown(summary)
+    print(markdown)
     print(f"[demo] output folder: {summary['output_dir']}")
     return 0
 
