@@ -133,6 +133,23 @@ def test_harness_configures_and_activates_a_node_without_autostart(tmp_path, ros
     assert "autostart is false" in (tmp_path / "node.log").read_text()
 
 
+def test_the_harness_stops_a_node_busy_with_a_frame_without_killing_it(tmp_path, ros_domain):
+    """A node whose worker is in the middle of a long frame waits for it on SIGINT
+    (worker_stop_timeout_s): the harness sends a second SIGINT before its kill deadline, so
+    the node stops waiting and exits cleanly (code 0) instead of being killed (-9)."""
+    settings = harness.NodeSettings(extra={"debug_delay_ms": 60000,
+                                           "worker_stop_timeout_s": 3600.0,
+                                           "diagnostics_period_s": 0.2})
+    h = harness.NodeHarness(settings, tmp_path / "node.log", timeout_s=150)
+    with h:
+        h.set_prompt("person", np.array([[10, 10, 80, 100]], np.float32))
+        h.send_image(np.zeros((120, 160, 3), np.uint8))
+        client = h.client
+        assert client.spin_until(lambda: client.diagnostics
+                                 and client.diagnostics[-1]["worker"] == "busy", 60)
+    assert h.proc.returncode == 0, (tmp_path / "node.log").read_text()[-3000:]
+
+
 @pytest.mark.slow
 def test_the_trained_head_is_stored_with_the_trainers_atomic_save(tmp_path, monkeypatch):
     """Defect 9: the cached head must survive a crash or power loss whole, so its data and

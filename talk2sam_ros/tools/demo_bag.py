@@ -189,6 +189,7 @@ class Session:
     schedule: tuple[PromptChange, ...]
     expected: list[str] = field(default_factory=list)  # outputs awaited after a result
     standing: int = 0  # the standing prompt's schedule id (recorded rate), 0: none
+    announced: bool = False
 
     def publish(self, msg: Any, role: str) -> None:
         """A bag message on the node's input for `role` (also into the output bag if asked)."""
@@ -211,6 +212,13 @@ class Session:
     def text(self, pid: int) -> str:
         return self.schedule[pid - 1].text
 
+    def announce(self) -> None:
+        """Say once that the node answers (after its start-up, which can take a while)."""
+        if not self.announced:
+            self.announced = True
+            print(f"[demo] the node answered a first frame; playing at {self.cfg.rate} rate",
+                  flush=True)
+
 
 def play_max(s: Session, items: Iterator[Played]) -> Iterator[Played]:
     """Each frame after its companions and a stamped prompt for it; waits for its answer."""
@@ -226,6 +234,7 @@ def play_max(s: Session, items: Iterator[Played]) -> Iterator[Played]:
             item.answer = h.wait_answer(item.stamp, item.prompt_id, s.text(item.prompt_id),
                                         others=s.expected or None)
             if item.answer is not None:
+                s.announce()
                 h.measured(item.answer)
                 # what the node published for this frame: awaited for the next ones
                 s.expected = [t for t in item.answer.outputs if t != "result"]
@@ -261,6 +270,7 @@ def warm_up(s: Session, items: Iterator[Played]) -> Iterator[Played]:
             raise NodeError(f"the node did not answer a first frame within "
                             f"{h.answer_timeout_s:.0f} s; see {h.log_path}")
         h.measured(answer)
+        s.announce()
     yield from held
     yield from items
 
