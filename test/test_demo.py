@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -234,29 +236,29 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_sigterm_stops_the_node_subprocess(tmp_path, ros_domain):
-    """`kill <demo>` (or a closing terminal) must not leave the node running."""
-    params = tmp_path / "tiny.yaml"
-    params.write_text("talk2sam:\n  ros__parameters:\n    preset: tiny\n")  # no training
-    out = tmp_path / "out.txt"
-    with open(out, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "talk2sam_ros.tools.demo", "--params-file", str(params),
-             "--no-photos", "--synthetic", "2", "--stream-seconds", "300", "--rate", "2",
-             "--out", str(tmp_path / "demo"), "-q"],
-            stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ), cwd=REPO)
-    node = []
+@contextmanager
+def terminated_demo(args: list[str], log: Path, marker: str, start_s: float = 240
+                    ) -> Iterator[None]:
+    """talk2sam-demo `args` in a subprocess, sent SIGTERM once `marker` is in its output: it
+    must end with code 130 and "interrupted" (then the body runs), and its node subprocess
+    must not outlive it."""
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "talk2sam_ros.tools.demo", *args],
+                                stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ),
+                                cwd=REPO)
+    node: list[int] = []
     try:
-        deadline = time.monotonic() + 180
-        while "[demo] streaming" not in out.read_text() and proc.poll() is None \
+        deadline = time.monotonic() + start_s
+        while marker not in log.read_text() and proc.poll() is None \
                 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert proc.poll() is None, out.read_text()
+        assert proc.poll() is None, log.read_text()
         node = _children(proc.pid)
         assert node, "the node subprocess was not found"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 130, out.read_text()
-        assert "interrupted" in out.read_text()
+        assert proc.wait(60) == 130, log.read_text()
+        assert f"{demo.PROG}: interrupted" in log.read_text()
+        yield
         deadline = time.monotonic() + 10
         while any(map(_alive, node)) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -266,3 +268,13 @@ def test_sigterm_stops_the_node_subprocess(tmp_path, ros_domain):
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(10)
+
+
+def test_sigterm_stops_the_node_subprocess(tmp_path, ros_domain):
+    """`kill <demo>` (or a closing terminal) must not leave the node running."""
+    params = tmp_path / "tiny.yaml"
+    params.write_text("talk2sam:\n  ros__parameters:\n    preset: tiny\n")  # no training
+    args = ["--params-file", str(params), "--no-photos", "--synthetic", "2",
+            "--stream-seconds", "300", "--rate", "2", "--out", str(tmp_path / "demo"), "-q"]
+    with terminated_demo(args, tmp_path / "out.txt", "[demo] streaming", start_s=180):
+        pass

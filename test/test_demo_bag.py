@@ -7,20 +7,15 @@ schedule, the bad-input errors (before any node starts) and an interrupted run.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from test_demo import _alive, _children
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Header, String
+from test_demo import terminated_demo
 
 from talk2sam_ros.grasp.synthetic import render_scene, scene_specs
 from talk2sam_ros.ros import conversions as conv
@@ -29,7 +24,6 @@ from talk2sam_ros.ros.params import PUBLICATIONS, SUBSCRIPTIONS, TOPIC_BY_NAME
 from talk2sam_ros.tools import demo
 from talk2sam_ros.tools.bags import read_bag, write_bag
 
-REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT = 160, 120
 T0 = 1_700_000_000 * 10**9
 COLOUR, JPEG = "/camera/color/image_raw", "/camera/color/image_raw/compressed"
@@ -225,7 +219,7 @@ def test_bad_bags_are_one_line_errors_before_any_node_starts(tmp_path, ros_domai
     records, _ = recording(2, depth=True)
     good = write_bag(tmp_path / "good", records, "mcap")
     garbage = tmp_path / "garbage.mcap"
-    garbage.write_bytes(b"\x89MCAP0\r\n" + os.urandom(200))
+    garbage.write_bytes(b"\x89MCAP0\r\n" + bytes(range(200)))  # a magic, then junk
     from rosbags.rosbag2 import Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -279,32 +273,8 @@ def test_an_interrupted_run_leaves_a_readable_output_bag(tmp_path, ros_domain):
     output bag is closed: readable, its outputs at their frames' recorded times."""
     records, times = recording(60, depth=False)
     bag = write_bag(tmp_path / "in", records, "mcap")
-    log = tmp_path / "demo.txt"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "talk2sam_ros.tools.demo", "--bag", str(bag),
-             "--image-topic", COLOUR, "--params-file", str(tiny_params(tmp_path)),
-             "--out", str(tmp_path / "out"), "--timeout", "200", "-q"],
-            stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ), cwd=REPO)
-    node: list[int] = []
-    try:
-        deadline = time.monotonic() + 240
-        while "answered a first frame" not in log.read_text() and proc.poll() is None \
-                and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert proc.poll() is None, log.read_text()
-        node = _children(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 130, log.read_text()
-        assert "talk2sam-demo: interrupted" in log.read_text()
+    args = ["--bag", str(bag), "--image-topic", COLOUR, "--params-file",
+            str(tiny_params(tmp_path)), "--out", str(tmp_path / "out"), "--timeout", "200", "-q"]
+    with terminated_demo(args, tmp_path / "demo.txt", "answered a first frame"):
         outputs = check_output_bag(tmp_path / "out" / "outputs", times)
         assert 1 <= len(outputs["result"]) < 60
-        deadline = time.monotonic() + 10
-        while any(map(_alive, node)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert node and not any(map(_alive, node)), "the node outlived the demo"
-    finally:
-        for pid in [proc.pid, *node]:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait(10)
