@@ -14,8 +14,10 @@
    on the synthetic scenes) into the output folder printed at the end.
 
 With real checkpoints (``--params-file config/talk2sam.yaml`` or ``--checkpoint part=path``,
-``--preset b|l|h``) the same command runs the full-size model. The node is driven through
-talk2sam_ros.tools.harness (shared with ``talk2sam-bench`` and the tests).
+``--preset b|l|h``) the same command runs the full-size model. ``--bag`` plays a recorded ROS 2
+bag into the node instead and records its outputs into a bag (talk2sam_ros.tools.demo_bag).
+The node is driven through talk2sam_ros.tools.harness (shared with ``talk2sam-bench`` and the
+tests).
 """
 from __future__ import annotations
 
