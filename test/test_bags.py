@@ -223,7 +223,7 @@ def test_unstamped_frames_are_played_at_their_recorded_time():
 def test_frame_plan_skips_unprompted_repeated_and_rejected_frames():
     from talk2sam_ros.ros.conversions import make_bridge
     from talk2sam_ros.tools.bags import play_frames
-    from talk2sam_ros.tools.demo_bag import image_check, plan_frames
+    from talk2sam_ros.tools.bag_player import image_check, plan_frames
 
     msgs = [m for m in _played(_recording(6)) if m.role == "image"]
     msgs[3].msg.header.stamp.sec = msgs[2].msg.header.stamp.sec  # a repeated stamp

@@ -15,7 +15,7 @@
 
 With real checkpoints (``--params-file config/talk2sam.yaml`` or ``--checkpoint part=path``,
 ``--preset b|l|h``) the same command runs the full-size model. ``--bag`` plays a recorded ROS 2
-bag into the node instead and records its outputs into a bag (talk2sam_ros.tools.demo_bag).
+bag into the node instead and records its outputs into a bag (talk2sam_ros.tools.bag_player).
 The node is driven through talk2sam_ros.tools.harness (shared with ``talk2sam-bench`` and the
 tests).
 """
@@ -28,7 +28,8 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,11 @@ from talk2sam_ros.common.timing import summarize
 from talk2sam_ros.model.config import CHECKPOINT_PARTS, PRESET_NAMES
 from talk2sam_ros.model.errors import CheckpointError
 from talk2sam_ros.ros.conversions import make_bridge
-from talk2sam_ros.tools.bags import BagError
+from talk2sam_ros.ros.params import PARAM_BY_NAME, PUBLICATIONS
+from talk2sam_ros.tools import bag_player as bp
+from talk2sam_ros.tools.bags import (BagError, BagTopics, InputBag, OutputBag, OutputRecorder,
+                                     PromptChange, check_output_path, load_prompt_schedule,
+                                     play_frames, prompt_schedule)
 from talk2sam_ros.tools.harness import (FrameResult, NodeError, NodeHarness, NodeSettings,
                                         keep_dds_on_loopback, node_counters)
 from talk2sam_ros.weights.registry import WeightsError, cache_dir_path, trained_weights_path
@@ -49,7 +54,7 @@ LOG = logging.getLogger(__name__)
 
 PROG = "talk2sam-demo"
 OUTPUT_TOPICS = ("result", "mask", "similarity_color", "overlay", "grasp")
-BAG_RATES = ("max", "recorded")
+BAG_RATES = tuple(bp.PLAYERS)  # --bag-rate: max (the default), recorded
 
 
 class DemoError(RuntimeError):
@@ -639,6 +644,157 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         timeout_s=args.timeout, progress=not args.quiet)
 
 
+# ----------------------------------------------------------------------------- recorded bags
+
+
+@dataclass(frozen=True)
+class BagDemoConfig:
+    """`--bag`: `node` holds the node and weights options shared with the demo."""
+
+    node: DemoConfig
+    bag: Path
+    topics: BagTopics
+    schedule: tuple[PromptChange, ...]
+    rate: str = "max"  # BAG_RATES
+    output_bag: Path | None = None  # None: <out>/outputs
+    storage: str = "mcap"
+    namespace: str = ""
+    with_inputs: bool = False
+    png_every: int = 10
+    max_frames: int | None = None
+
+
+def bag_config_from_args(args: argparse.Namespace, node: DemoConfig) -> BagDemoConfig:
+    """The bag options of the command line (build_parser)."""
+    if not args.image_topic:
+        raise UsageError("--bag needs --image-topic (the bag's colour topic)")
+    if bool(args.depth_topic) != bool(args.camera_info_topic):
+        raise UsageError("--depth-topic and --camera-info-topic go together")
+    if args.prompts and (args.text or args.box):
+        raise UsageError("--prompts replaces --text/--box: give one or the other")
+    if args.png_every is not None and args.png_every < 0:
+        raise UsageError(f"--png-every must be >= 0, got {args.png_every}")
+    if args.prompts:
+        schedule = load_prompt_schedule(args.prompts)
+    else:
+        schedule = prompt_schedule([{"t": 0.0, "text": args.text or "cable",
+                                     "boxes": args.box}], "--text/--box")
+    return BagDemoConfig(
+        node=node, bag=Path(args.bag),
+        topics=BagTopics(args.image_topic, args.depth_topic or "", args.camera_info_topic or ""),
+        schedule=schedule, rate=args.bag_rate or BAG_RATES[0],
+        output_bag=Path(args.output_bag).resolve() if args.output_bag else None,
+        storage=args.output_storage or "mcap", namespace=args.output_namespace or "",
+        with_inputs=args.with_inputs, png_every=10 if args.png_every is None else args.png_every,
+        max_frames=args.max_frames)
+
+
+def run_bag_demo(cfg: BagDemoConfig) -> dict[str, Any]:
+    """The bag mode; returns the summary (also written to the output folder). Every bad input
+    is found before the node starts; the output bag is opened once the node is active."""
+    out = cfg.node.out
+    with InputBag(cfg.bag) as bag:
+        bag.check(cfg.topics)
+        compressed = bag.topics[cfg.topics.image] == "sensor_msgs/msg/CompressedImage"
+        inputs = bp.node_inputs(cfg.topics)
+        output_path = check_output_path(cfg.output_bag or out / "outputs", cfg.storage)
+        out.mkdir(parents=True, exist_ok=True)
+        extra: dict[str, Any] = {"image_transport": "compressed"} if compressed else {}
+        if inputs and "use_depth" in PARAM_BY_NAME:
+            extra["use_depth"] = True
+        node = plan_node(cfg.node, cache_dir_path(cfg.node.weights_dir), extra)
+        recorder = OutputRecorder(None, cfg.namespace)
+        image_topic = "image/compressed" if compressed else "image"
+        print(f"[demo] starting the node (preset {cfg.node.preset}, {cfg.node.device}); log: "
+              f"{out / 'node.log'}", flush=True)
+        with NodeHarness(node.settings, out / "node.log", cfg.node.timeout_s,
+                         outputs=PUBLICATIONS, image_topic=image_topic, compressed=compressed,
+                         inputs=inputs, on_output=recorder) as h:
+            print(f"[demo] node active on ROS_DOMAIN_ID {h.domain}; playing {cfg.bag} "
+                  f"({bag.count(cfg.topics.image)} frames on {cfg.topics.image}, "
+                  f"{cfg.rate} rate) into {output_path}", flush=True)
+            with OutputBag(output_path, cfg.storage) as output:
+                recorder.bag = output
+                items = bp.plan_frames(play_frames(bag.messages(cfg.topics), bag.start_ns),
+                                       cfg.schedule, cfg.max_frames, cfg.png_every,
+                                       bp.image_check(h.client.bridge))
+                player = bp.Player(h, recorder, cfg.schedule, image_topic, cfg.with_inputs,
+                                   cfg.rate)
+                played = list(_with_pngs(bp.PLAYERS[cfg.rate](player, items), out, cfg,
+                                         h.client.bridge))
+                h.spin(0.5)  # the last frame's late outputs
+    meta = {"mode": "bag", "preset": cfg.node.preset, "device": cfg.node.device,
+            "output_dir": str(out), "weights": node.weights, "quality_note": node.quality_note,
+            "ros_domain_id": h.domain, "bag": str(cfg.bag), "topics": cfg.topics.by_role(),
+            "rate": cfg.rate, "frames_in_bag": bag.count(cfg.topics.image),
+            "output_bag": str(output_path), "output_storage": cfg.storage,
+            "output_counts": dict(output.counts),
+            "outputs_not_from_played_frames": recorder.unplaced}
+    summary = bag_summary(played, meta)
+    write_summary(out, summary, bag_summary_markdown(summary))
+    return summary
+
+
+def bag_summary(played: list[tuple[bp.Played, dict[str, Any]]], meta: dict[str, Any]
+                ) -> dict[str, Any]:
+    """The bag run's summary from (bag_player.Played, record) pairs."""
+    answers = [item.answer for item, _ in played if item.answer is not None]
+    records = [rec for _, rec in played]
+    status = Counter(r["status"] for r in records)
+    return {
+        **meta,
+        "frames_read": len(records), "frames_played": status["played"],
+        "frames_processed": len(answers), "frames_unanswered": status["played"] - len(answers),
+        "frames_skipped": {k: status[k] for k in ("no_prompt", "stamp_not_increasing",
+                                                  "rejected")},
+        "depth_status": dict(Counter(r["depth_status"] for r in records
+                                     if r.get("depth_status"))),
+        **latency_summary(answers),
+        "node_counters": node_counters(answers[-1].result) if answers else None,
+        "frames": records,
+    }
+
+
+def _with_pngs(items: Iterator[bp.Played], out: Path, cfg: BagDemoConfig, bridge: Any
+               ) -> Iterator[tuple[bp.Played, dict[str, Any]]]:
+    """(bag_player.Played, its summary record), with the PNGs of its frames marked `png`."""
+    for item in items:
+        rec = bp.frame_record(item)
+        if item.png and item.answer is not None:
+            change = cfg.schedule[item.prompt_id - 1]
+            frame = DemoFrame(f"t{item.frame.at_s:.3f}s",
+                              bp.frame_rgb(item.frame.image.msg, bridge), change.text,
+                              change.boxes, source=str(cfg.bag))
+            rec["files"] = save_frame_pngs(out, item.frame.index, frame, item.answer)
+        item.release_image()
+        yield item, rec
+
+
+def bag_summary_markdown(s: Mapping[str, Any]) -> str:
+    skipped = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s["frames_skipped"].items()
+                        if v) or "none"
+    lines = [f"# talk2sam-demo --bag: preset `{s['preset']}` on {s['device']}", "",
+             f"Weights: {s['weights']}. {s['quality_note']}", "",
+             f"Bag {s['bag']} ({', '.join(f'{k} {v}' for k, v in s['topics'].items())}), "
+             f"{s['rate']} rate: {s['frames_in_bag']} colour frames, {s['frames_read']} read, "
+             f"{s['frames_played']} played, {s['frames_processed']} processed, "
+             f"{s['frames_unanswered']} unanswered; skipped: {skipped}.", "",
+             f"Output bag ({s['output_storage']}): {s['output_bag']}", "",
+             "| topic | messages |", "|---|---:|"]
+    lines += [f"| `{t}` | {n} |" for t, n in sorted(s["output_counts"].items())]
+    if s["depth_status"]:
+        lines += ["", "3D grasp depth_status: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(s["depth_status"].items()))]
+    lines += ["", *latency_table(dict(s)), "",
+              "| # | stamp | status | prompt | mask px | score | grasp | ms |",
+              "|---:|---|---|---|---:|---:|---|---:|"]
+    for r in s["frames"]:
+        lines.append(f"| {r['index']} | {r['stamp']} | {r['status']} | {r.get('text', '-')} | "
+                     f"{r.get('mask_area', '-')} | {fmt(r.get('score'), 2)} | "
+                     f"{r.get('grasp', '-')} | {fmt(r.get('latency_ms'))} |")
+    return "\n".join(lines) + "\n"
+
+
 # The demo's expected failures; anything else is a bug and keeps its traceback.
 ERRORS = (DemoError, NodeError, BagError, WeightsError, CheckpointError, OSError)
 
@@ -647,12 +803,10 @@ def _demo(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     if args.bag is not None:
-        from talk2sam_ros.tools import demo_bag
-
-        bag_cfg = demo_bag.config_from_args(args, cfg)
+        bag_cfg = bag_config_from_args(args, cfg)
         keep_dds_on_loopback()
-        summary = demo_bag.run_bag_demo(bag_cfg)
-        markdown = demo_bag.summary_markdown(summary)
+        summary = run_bag_demo(bag_cfg)
+        markdown = bag_summary_markdown(summary)
     else:
         keep_dds_on_loopback()
         summary = run_demo(cfg)
