@@ -235,6 +235,8 @@ def play_recorded(s: Player, items: Iterator[Played]) -> Iterator[Played]:
     played: list[Played] = []
     for item in items:  # (the warm-up runs on the first item)
         frame = item.frame
+        if client.check is not None:
+            client.check()  # e.g. the node exited: NodeError
         for msg in sorted((frame.image, *frame.companions), key=lambda m: m.time_ns):
             if base_ns is None:
                 start, base_ns = time.monotonic(), msg.time_ns
