@@ -41,8 +41,8 @@ def node_inputs(topics: BagTopics) -> dict[str, type]:
         if topics.by_role().get(role):
             if role not in SUBSCRIPTIONS:
                 raise BagError(f"this talk2sam node has no {role} input (its inputs: "
-                                f"{', '.join(SUBSCRIPTIONS)}): play the bag without "
-                                f"--{role.replace('_', '-')}-topic")
+                               f"{', '.join(SUBSCRIPTIONS)}): play the bag without "
+                               f"--{role.replace('_', '-')}-topic")
             inputs[role] = message_class(TOPIC_BY_NAME[role].msg_type)
     return inputs
 
