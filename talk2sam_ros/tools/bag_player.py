@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -137,7 +137,7 @@ class Player:
     image_topic: str = "image"  # the node's image input (image, or image/compressed)
     with_inputs: bool = False  # also write the played inputs into the output bag
     rate: str = "max"
-    expected: list[str] = field(default_factory=list)  # outputs awaited after a result
+    expected: list[str] | None = None  # outputs awaited after a result (None: all)
     standing: int = 0  # the standing prompt's schedule id (recorded rate), 0: none
     announced: bool = False
 
@@ -182,12 +182,15 @@ def play_max(s: Player, items: Iterator[Played]) -> Iterator[Played]:
             s.prompt(item.prompt_id, frame.image.msg.header)
             s.publish(frame.image, "image")
             item.answer = h.wait_answer(item.stamp, item.prompt_id, s.text(item.prompt_id),
-                                        others=s.expected or None)
+                                        others=s.expected)
             if item.answer is not None:
                 s.announce()
                 h.measured(item.answer)
-                # what the node published for this frame: awaited for the next ones
-                s.expected = [t for t in item.answer.outputs if t != "result"]
+                # The outputs the node sent for every frame so far are awaited for the next
+                # (some come only for some frames, e.g. grasp_pose for an ok 3D grasp; any
+                # that come later are recorded all the same).
+                s.expected = [t for t in (h.output_topics if s.expected is None
+                                          else s.expected) if t in item.answer.outputs]
         else:
             for other in item.frame.companions:  # depth keeps flowing, as recorded
                 s.publish(other, other.role)
