@@ -278,3 +278,44 @@ def test_sigterm_stops_the_node_subprocess(tmp_path, ros_domain):
             "--stream-seconds", "300", "--rate", "2", "--out", str(tmp_path / "demo"), "-q"]
     with terminated_demo(args, tmp_path / "out.txt", "[demo] streaming", start_s=180):
         pass
+
+
+def test_the_3d_grasp_figure_comes_from_the_nodes_messages(tmp_path):
+    """The GraspCandidate the node builds (pixel + 3D fields) gives back the grasp it was
+    built from, and the figure of it (with the object_points cloud) is a PNG."""
+    from std_msgs.msg import Header
+
+    from talk2sam_ros.grasp import grasp_from_mask, grasp_pose_from_depth, object_points
+    from talk2sam_ros.grasp.synthetic import render_scene, scene_specs
+    from talk2sam_ros.ros import conversions as conv
+    from talk2sam_ros.ros import grasp3d_messages as gm
+    from talk2sam_ros.ros.messages import grasp_message
+
+    scene = render_scene(scene_specs()["tilted_sine"])
+    grasp = grasp_from_mask(scene.mask)
+    g3 = grasp_pose_from_depth(scene.mask, grasp, scene.depth_m, scene.camera)
+    assert g3.ok
+    header = Header(frame_id="camera")
+    msg = gm.fill_grasp_3d(grasp_message(grasp, header, 1), g3)
+    pixel, back = demo.grasp_from_msg(msg)
+    assert pixel.valid and pixel.point == pytest.approx(grasp.point, abs=1e-4)
+    assert np.allclose(pixel.centerline, grasp.centerline, atol=1e-4)
+    assert back.ok and back.approach_from == g3.approach_from
+    assert np.allclose(back.position, g3.position, atol=1e-6)
+    assert np.allclose(back.rotation, g3.rotation, atol=1e-6)
+    assert back.width_m == pytest.approx(g3.width_m, rel=1e-6)
+    assert np.allclose(back.centerline, g3.centerline, atol=1e-6)
+    points, _ = object_points(scene.mask, scene.depth_m, scene.camera, 500)
+    bridge = conv.make_bridge()
+    res = harness.FrameResult((0, 0), None, {
+        "grasp": msg, "object_points": gm.cloud_msg(points, header),
+        "mask": conv.mask_to_msg(scene.mask, header, bridge)}, 1.0, {})
+    path = tmp_path / "g3.png"
+    info = gm.camera_info_msg(scene.camera, header)
+    assert demo.save_grasp3d_png(path, scene.rgb, res, info)
+    img = cv2.imread(str(path))
+    assert img is not None and img.shape[0] > 100
+    no_depth = harness.FrameResult((0, 0), None, {"grasp": grasp_message(grasp, header, 1),
+                                                  "mask": res.outputs["mask"]}, 1.0, {})
+    assert not demo.save_grasp3d_png(tmp_path / "none.png", scene.rgb, no_depth, info)
+    assert not (tmp_path / "none.png").exists()

@@ -20,7 +20,7 @@ from test_demo import terminated_demo
 from talk2sam_ros.grasp.synthetic import render_scene, scene_specs
 from talk2sam_ros.ros import conversions as conv
 from talk2sam_ros.ros.grasp3d_messages import camera_info_msg, depth_msg
-from talk2sam_ros.ros.params import PUBLICATIONS, SUBSCRIPTIONS, TOPIC_BY_NAME
+from talk2sam_ros.ros.params import DIAGNOSTICS_TOPIC, SUBSCRIPTIONS, TOPIC_BY_NAME, TOPICS
 from talk2sam_ros.tools import demo
 from talk2sam_ros.tools.bags import read_bag, write_bag
 
@@ -30,6 +30,9 @@ COLOUR, JPEG = "/camera/color/image_raw", "/camera/color/image_raw/compressed"
 DEPTH, INFO = "/camera/aligned_depth_to_color/image_raw", "/camera/color/camera_info"
 OUTPUTS_2D = {"result", "grasp", "mask", "mask_labels", "similarity", "similarity_color",
               "overlay"}
+# Every output in the node's topic table, and those beyond the 2D ones (the RGB-D grasp's)
+NODE_OUTPUTS = {t.name for t in TOPICS if t.direction == "out" and t.name != DIAGNOSTICS_TOPIC}
+OUTPUTS_3D = NODE_OUTPUTS - OUTPUTS_2D
 
 
 def recording(n: int, period_s: float = 0.1, compressed: bool = False, depth: bool = True
@@ -82,7 +85,7 @@ def check_output_bag(path: Path, times: dict[tuple[int, int], int], namespace: s
     back = read_bag(path)
     prefix = namespace.rstrip("/") + "/"
     outputs = {t[len(prefix):]: msgs for t, msgs in back.items()
-               if t[len(prefix):] in PUBLICATIONS}
+               if t[len(prefix):] in NODE_OUTPUTS}
     assert OUTPUTS_2D <= set(outputs), sorted(back)
     for topic, msgs in outputs.items():
         for time_ns, msg in msgs:
@@ -191,22 +194,29 @@ def test_a_compressed_bag_at_recorded_rate_into_sqlite3(tmp_path, ros_domain):
 @pytest.mark.slow
 def test_depth_and_camera_info_reach_the_node_with_their_frame(tmp_path, ros_domain):
     """With --depth-topic/--camera-info-topic the node pairs the played depth with each
-    frame (no no_depth / stale status) and its 3D outputs are recorded per frame."""
+    frame (no no_depth / stale status), its 3D outputs are recorded with the frame's stamp
+    at its recorded time, and the PNGs include the 3D grasp figure."""
     records, times = recording(3)
     bag = write_bag(tmp_path / "in", records, "mcap")
     out = tmp_path / "out"
     rc = demo.main(["--bag", str(bag), "--image-topic", COLOUR, "--depth-topic", DEPTH,
-                    "--camera-info-topic", INFO, "--text", "cable", "--params-file",
-                    str(tiny_params(tmp_path)), "--out", str(out), "--timeout", "200", "-q"])
+                    "--camera-info-topic", INFO, "--text", "cable", "--png-every", "1",
+                    "--params-file", str(tiny_params(tmp_path)), "--out", str(out),
+                    "--timeout", "200", "-q"])
     assert rc == 0
     outputs = check_output_bag(out / "outputs", times)
-    grasps = outputs["grasp"]
-    assert len(grasps) == 3
-    assert all(g.depth_status not in ("", "no_depth", "no_camera_info", "depth_stale",
-                                      "camera_info_stale") for g in grasps), \
-        [g.depth_status for g in grasps]
-    for topic in set(PUBLICATIONS) - OUTPUTS_2D:
-        assert len(outputs.get(topic, ())) == 3, topic
+    statuses = [g.depth_status for g in outputs["grasp"]]
+    assert len(statuses) == 3
+    assert not set(statuses) & {"", "no_depth", "no_camera_info", "depth_stale",
+                                "camera_info_stale"}, statuses
+    assert OUTPUTS_3D and OUTPUTS_3D <= set(outputs)
+    for topic in OUTPUTS_3D:  # the pose for an ok 3D grasp only, the others for every frame
+        assert len(outputs[topic]) == (statuses.count("ok") if topic == "grasp_pose" else 3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert sum(summary["depth_status"].values()) == 3
+    figures = [f["files"].get("grasp3d") for f in summary["frames"]]
+    assert all(figures), figures
+    assert all(cv2.imread(str(out / name)) is not None for name in figures)
 
 
 def _error_line(capsys) -> str:

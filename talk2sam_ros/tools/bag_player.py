@@ -60,6 +60,7 @@ class Played:
     status: str = "played"  # played | no_prompt | stamp_not_increasing | rejected
     reason: str = ""
     png: bool = False  # its PNGs are written (every png_every-th frame played)
+    camera_info: Any = None  # the last one published before it (for its 3D figure)
     answer: FrameResult | None = None
 
     def release_image(self) -> None:
@@ -72,6 +73,8 @@ class Played:
         (a long bag is never held in memory)."""
         image = self.frame.image if self.png else replace(self.frame.image, msg=None)
         self.frame = replace(self.frame, image=image, companions=())
+        if not self.png:
+            self.camera_info = None
 
 
 def plan_frames(frames: Iterator[PlayFrame], schedule: tuple[PromptChange, ...],
@@ -138,6 +141,7 @@ class Player:
     with_inputs: bool = False  # also write the played inputs into the output bag
     rate: str = "max"
     expected: list[str] | None = None  # outputs awaited after a result (None: all)
+    camera_info: Any = None  # the last camera_info published
     standing: int = 0  # the standing prompt's schedule id (recorded rate), 0: none
     announced: bool = False
 
@@ -148,6 +152,8 @@ class Player:
             client.publish_image_msg(msg.msg)
         else:
             client.publish_input(role, msg.msg)
+            if role == "camera_info":
+                self.camera_info = msg.msg
         if self.with_inputs:
             self.recorder.write_input(self.image_topic if role == "image" else role, msg.msg,
                                       msg.time_ns)
@@ -181,6 +187,7 @@ def play_max(s: Player, items: Iterator[Played]) -> Iterator[Played]:
                 s.publish(other, other.role)
             s.prompt(item.prompt_id, frame.image.msg.header)
             s.publish(frame.image, "image")
+            item.camera_info = s.camera_info
             item.answer = h.wait_answer(item.stamp, item.prompt_id, s.text(item.prompt_id),
                                         others=s.expected)
             if item.answer is not None:
@@ -254,6 +261,7 @@ def play_recorded(s: Player, items: Iterator[Played]) -> Iterator[Played]:
                     s.standing = item.prompt_id
                 s.recorder.expect(item.stamp, msg.time_ns)
                 s.publish(msg, "image")
+                item.camera_info = s.camera_info
         item.release()
         played.append(item)
     h.wait_stragglers()

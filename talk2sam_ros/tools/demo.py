@@ -226,9 +226,10 @@ def image_array(msg: Any, bridge: Any = None) -> np.ndarray:
                                 "passthrough")
 
 
-def save_frame_pngs(out_dir: Path, index: int, frame: DemoFrame, res: FrameResult
-                    ) -> dict[str, str]:
-    """input/overlay/mask/similarity/grasp PNGs of one answer; returns kind -> relative path."""
+def save_frame_pngs(out_dir: Path, index: int, frame: DemoFrame, res: FrameResult,
+                    camera_info: Any = None) -> dict[str, str]:
+    """input/overlay/mask/similarity/grasp PNGs of one answer, and grasp3d when it has a 3D
+    side and the frame's `camera_info` is given; returns kind -> relative path."""
     import cv2
 
     from talk2sam_ros.common.visualize import draw_overlay
@@ -261,6 +262,9 @@ def save_frame_pngs(out_dir: Path, index: int, frame: DemoFrame, res: FrameResul
                                     f"grasp: {'valid' if grasp.valid else 'none'}",
                                     centerline=line if len(line) > 1 else None,
                                     grasp_point=point))
+    figure = out_dir / f"{stem}_grasp3d.png"
+    if save_grasp3d_png(figure, frame.rgb, res, camera_info):
+        files["grasp3d"] = figure.name
     return files
 
 
@@ -274,6 +278,56 @@ def latency_summary(answers: list[FrameResult]) -> dict[str, Any]:
             "node_overhead_ms": summarize([a.node_overhead_ms for a in answers]),
             "pipeline_ms": summarize([a.pipeline_ms for a in answers]),
             "stages_ms": {k: summarize(v) for k, v in stages.items()}}
+
+
+def grasp_from_msg(msg: Any) -> tuple[Any, Any]:
+    """(pixel Grasp, Grasp3D) carried by a GraspCandidate: what the demo's 3D figure draws
+    (the inverse of ros.messages.grasp_message + ros.grasp3d_messages.fill_grasp_3d)."""
+    from scipy.spatial.transform import Rotation
+
+    from talk2sam_ros.grasp import Grasp, Grasp3D
+
+    def xyz(points: Any) -> np.ndarray:
+        return np.array([(p.x, p.y, p.z) for p in points], np.float64).reshape(-1, 3)
+
+    pixel = Grasp(valid=bool(msg.valid),
+                  centerline=xyz(msg.centerline.points)[:, :2].astype(np.float32),
+                  point=(float(msg.grasp_point.x), float(msg.grasp_point.y)),
+                  angle=float(msg.angle), width_px=float(msg.width_px))
+    q = msg.pose.orientation
+    quaternion = (float(q.x), float(q.y), float(q.z), float(q.w))
+    if not any(quaternion):  # no pose (depth_status not ok): the identity
+        quaternion = (0.0, 0.0, 0.0, 1.0)
+    grasp3d = Grasp3D(status=msg.depth_status, reason=msg.depth_reason,
+                      position=xyz([msg.pose.position])[0],
+                      rotation=Rotation.from_quat(quaternion).as_matrix(),
+                      quaternion=quaternion, width_m=float(msg.width_m),
+                      centerline=xyz(msg.centerline_3d).astype(np.float32),
+                      centerline_index=np.asarray(msg.centerline_3d_index, np.int32),
+                      valid_depth_fraction=float(msg.valid_depth_fraction),
+                      depth_pixel=(float(msg.depth_point.x), float(msg.depth_point.y)),
+                      point_shift_px=float(msg.depth_point_shift_px),
+                      approach_from=msg.approach_from)
+    return pixel, grasp3d
+
+
+def save_grasp3d_png(path: Path, rgb: np.ndarray, res: FrameResult, camera_info: Any
+                     ) -> bool:
+    """The 3D grasp figure (grasp.figure: image with the projected gripper frame | the
+    object's points with the gripper) of an answer with a 3D side; False when it has none."""
+    from talk2sam_ros.grasp.figure import save_grasp_figure
+    from talk2sam_ros.ros.grasp3d_messages import camera_from_msg, cloud_points
+
+    grasp, cloud, mask = (res.outputs.get(t) for t in ("grasp", "object_points", "mask"))
+    if grasp is None or not grasp.depth_status or camera_info is None or mask is None:
+        return False
+    pixel, grasp3d = grasp_from_msg(grasp)
+    points = cloud_points(cloud) if cloud is not None else np.zeros((0, 3), np.float32)
+    width = f", width {1000 * grasp3d.width_m:.1f} mm" if grasp3d.ok else ""
+    save_grasp_figure(path, rgb, image_array(mask) > 127, pixel, grasp3d,
+                      camera_from_msg(camera_info), points,
+                      title=f"3D grasp: {grasp3d.status}{width}")
+    return True
 
 
 def summarize_run(records: list[dict[str, Any]], answers: list[FrameResult],
@@ -765,7 +819,8 @@ def _with_pngs(items: Iterator[bp.Played], out: Path, cfg: BagDemoConfig, bridge
             frame = DemoFrame(f"t{item.frame.at_s:.3f}s",
                               bp.frame_rgb(item.frame.image.msg, bridge), change.text,
                               change.boxes, source=str(cfg.bag))
-            rec["files"] = save_frame_pngs(out, item.frame.index, frame, item.answer)
+            rec["files"] = save_frame_pngs(out, item.frame.index, frame, item.answer,
+                                           item.camera_info)
         item.release_image()
         yield item, rec
 
