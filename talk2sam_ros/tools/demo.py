@@ -38,6 +38,7 @@ import numpy as np
 
 from talk2sam_ros.common.cli import CliParser, UsageError, run_cli
 from talk2sam_ros.common.timing import summarize
+from talk2sam_ros.grasp import Grasp, Grasp3D
 from talk2sam_ros.model.config import CHECKPOINT_PARTS, PRESET_NAMES
 from talk2sam_ros.model.errors import CheckpointError
 from talk2sam_ros.ros.conversions import make_bridge
@@ -280,12 +281,10 @@ def latency_summary(answers: list[FrameResult]) -> dict[str, Any]:
             "stages_ms": {k: summarize(v) for k, v in stages.items()}}
 
 
-def grasp_from_msg(msg: Any) -> tuple[Any, Any]:
+def grasp_from_msg(msg: Any) -> tuple[Grasp, Grasp3D]:
     """(pixel Grasp, Grasp3D) carried by a GraspCandidate: what the demo's 3D figure draws
     (the inverse of ros.messages.grasp_message + ros.grasp3d_messages.fill_grasp_3d)."""
     from scipy.spatial.transform import Rotation
-
-    from talk2sam_ros.grasp import Grasp, Grasp3D
 
     def xyz(points: Any) -> np.ndarray:
         return np.array([(p.x, p.y, p.z) for p in points], np.float64).reshape(-1, 3)
@@ -370,16 +369,15 @@ def latency_table(s: dict[str, Any]) -> list[str]:
 
 
 def summary_markdown(s: dict[str, Any]) -> str:
-    f = fmt
     lines = [f"# talk2sam-demo: preset `{s['preset']}` on {s['device']}", "",
              f"Weights: {s['weights']}. {s['quality_note']}", "",
              f"Frames sent one at a time: {s['frames_sent']}, answered: "
              f"{s['frames_processed']}, unanswered: {s['frames_unanswered']}.", ""]
     miou = s["miou_synthetic"]
     lines += ["| mIoU on held-out synthetic scenes | value | scenes |", "|---|---:|---:|",
-              f"| text + GT box | {f(miou['text+box'], 3)} | "
+              f"| text + GT box | {fmt(miou['text+box'], 3)} | "
               f"{s['synthetic_scenes']['text+box']} |",
-              f"| text only (boxes from similarity) | {f(miou['text-only'], 3)} | "
+              f"| text only (boxes from similarity) | {fmt(miou['text-only'], 3)} | "
               f"{s['synthetic_scenes']['text-only']} |", "",
               *latency_table(s)]
     st = s.get("stream")
@@ -388,14 +386,14 @@ def summary_markdown(s: dict[str, Any]) -> str:
                       f"{st['sent']} frames sent, {st['processed']} processed, "
                       f"{st['sent'] - st['processed']} dropped "
                       f"({100 * st['drop_rate']:.0f} %); processed-frame age median "
-                      f"{f(st['frame_age_ms'].get('median'))} ms."]
+                      f"{fmt(st['frame_age_ms'].get('median'))} ms."]
     lines += ["", "| # | frame | prompt | mode | IoU | score | mask px | grasp | ms |",
               "|---:|---|---|---|---:|---:|---:|---|---:|"]
     for r in s["frames"]:
         lines.append(f"| {r['index']} | {r['name']} | {r['text']} | {r['mode']} | "
-                     f"{f(r.get('iou'), 3)} | {f(r.get('score'), 2)} | "
+                     f"{fmt(r.get('iou'), 3)} | {fmt(r.get('score'), 2)} | "
                      f"{r.get('mask_area', '-')} | {r.get('grasp', '-')} | "
-                     f"{f(r.get('latency_ms'))} |")
+                     f"{fmt(r.get('latency_ms'))} |")
     return "\n".join(lines) + "\n"
 
 
