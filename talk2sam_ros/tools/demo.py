@@ -600,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="folder of your images instead of the built-in set")
     p.add_argument("--video", help="video file instead of the built-in set")
     p.add_argument("--text", help="prompt for --images/--video/--bag (cable)")
-    p.add_argument("--box", type=float, nargs=4, action="append",
+    p.add_argument("--box", "--boxes", dest="box", type=float, nargs=4, action="append",
                    metavar=("X0", "Y0", "X1", "Y1"), help="box prompt for --images/--video/"
                    "--bag, source pixels; repeatable (default: text-only)")
     p.add_argument("--synthetic", type=int, default=6, help="held-out synthetic scenes (6)")
