@@ -20,7 +20,7 @@ from test_demo import terminated_demo
 from talk2sam_ros.grasp.synthetic import render_scene, scene_specs
 from talk2sam_ros.ros import conversions as conv
 from talk2sam_ros.ros.grasp3d_messages import camera_info_msg, depth_msg
-from talk2sam_ros.ros.params import DIAGNOSTICS_TOPIC, SUBSCRIPTIONS, TOPIC_BY_NAME, TOPICS
+from talk2sam_ros.ros.params import DIAGNOSTICS_TOPIC, TOPIC_BY_NAME, TOPICS
 from talk2sam_ros.tools import demo
 from talk2sam_ros.tools.bags import read_bag, write_bag
 
@@ -189,8 +189,6 @@ def test_a_compressed_bag_at_recorded_rate_into_sqlite3(tmp_path, ros_domain):
     assert bytes(copied[0][1].data) == bytes(records[0][2].data)
 
 
-@pytest.mark.skipif("depth" not in SUBSCRIPTIONS,
-                    reason="this node has no depth input yet (use_depth, issue 12)")
 @pytest.mark.slow
 def test_depth_and_camera_info_reach_the_node_with_their_frame(tmp_path, ros_domain):
     """With --depth-topic/--camera-info-topic the node pairs the played depth with each

@@ -24,28 +24,9 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage
 
 from talk2sam_ros.ros import conversions as conv
-from talk2sam_ros.ros.messages import message_class
-from talk2sam_ros.ros.params import SUBSCRIPTIONS, TOPIC_BY_NAME
-from talk2sam_ros.tools.bags import (BagError, BagTopics, OutputRecorder, PlayFrame,
-                                     PromptChange, Stamp, played_stamp, prompt_index)
+from talk2sam_ros.tools.bags import (OutputRecorder, PlayFrame, PromptChange, Stamp,
+                                     played_stamp, prompt_index)
 from talk2sam_ros.tools.harness import FrameResult, NodeError, NodeHarness, stamped_header
-
-DEPTH_ROLES = ("depth", "camera_info")  # node inputs a bag may also feed, as in the topic table
-
-
-def node_inputs(topics: BagTopics) -> dict[str, type]:
-    """The node's extra inputs the bag feeds (role = the node's topic name) and their message
-    classes, from the node's topic table; an error if this node has no such input."""
-    inputs: dict[str, type] = {}
-    for role in DEPTH_ROLES:
-        if topics.by_role().get(role):
-            if role not in SUBSCRIPTIONS:
-                raise BagError(f"this talk2sam node has no {role} input (its inputs: "
-                               f"{', '.join(SUBSCRIPTIONS)}): play the bag without "
-                               f"--{role.replace('_', '-')}-topic")
-            inputs[role] = message_class(TOPIC_BY_NAME[role].msg_type)
-    return inputs
-
 
 # ----------------------------------------------------------------------------- frames to play
 
@@ -150,10 +131,11 @@ class Player:
         client = self.harness.client
         if role == "image":
             client.publish_image_msg(msg.msg)
+        elif role == "depth":
+            client.publish_depth(msg.msg, msg.msg.header)
         else:
-            client.publish_input(role, msg.msg)
-            if role == "camera_info":
-                self.camera_info = msg.msg
+            client.publish_camera_info(msg.msg, msg.msg.header)
+            self.camera_info = msg.msg
         if self.with_inputs:
             self.recorder.write_input(self.image_topic if role == "image" else role, msg.msg,
                                       msg.time_ns)

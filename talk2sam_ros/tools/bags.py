@@ -25,7 +25,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from talk2sam_ros.common.resources import find_share_file
-from talk2sam_ros.tools.harness import source_header
+from talk2sam_ros.tools.harness import output_header
 
 IMAGE_TYPES = {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CompressedImage": CompressedImage}
 # role -> message types a bag topic may have for it
@@ -308,9 +308,8 @@ class OutputRecorder:
         self.bag.write(namespaced(self.namespace, topic), msg, time_ns)
 
     def __call__(self, item: Any) -> None:
-        header = source_header(item.msg)
-        time_ns = None if header is None else self.times.get(
-            (int(header.stamp.sec), int(header.stamp.nanosec)))
+        header = output_header(item.msg)
+        time_ns = self.times.get((int(header.stamp.sec), int(header.stamp.nanosec)))
         if time_ns is None:
             self.unplaced += 1
             return

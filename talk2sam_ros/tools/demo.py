@@ -42,7 +42,7 @@ from talk2sam_ros.grasp import Grasp, Grasp3D
 from talk2sam_ros.model.config import CHECKPOINT_PARTS, PRESET_NAMES
 from talk2sam_ros.model.errors import CheckpointError
 from talk2sam_ros.ros.conversions import make_bridge
-from talk2sam_ros.ros.params import PARAM_BY_NAME, PUBLICATIONS
+from talk2sam_ros.ros.params import PUBLICATIONS, RGBD_PUBLICATIONS
 from talk2sam_ros.tools import bag_player as bp
 from talk2sam_ros.tools.bags import (BagError, BagTopics, InputBag, OutputBag, OutputRecorder,
                                      PromptChange, check_output_path, load_prompt_schedule,
@@ -748,20 +748,23 @@ def run_bag_demo(cfg: BagDemoConfig) -> dict[str, Any]:
     with InputBag(cfg.bag) as bag:
         bag.check(cfg.topics)
         compressed = bag.topics[cfg.topics.image] == "sensor_msgs/msg/CompressedImage"
-        inputs = bp.node_inputs(cfg.topics)
+        depth = bool(cfg.topics.depth)
         output_path = check_output_path(cfg.output_bag or out / "outputs", cfg.storage)
         out.mkdir(parents=True, exist_ok=True)
         extra: dict[str, Any] = {"image_transport": "compressed"} if compressed else {}
-        if inputs and "use_depth" in PARAM_BY_NAME:
-            extra["use_depth"] = True
+        extra["use_depth"] = depth  # the node's depth, camera_info and 3D outputs
         node = plan_node(cfg.node, cache_dir_path(cfg.node.weights_dir), extra)
         recorder = OutputRecorder(None, cfg.namespace)
         image_topic = "image/compressed" if compressed else "image"
         print(f"[demo] starting the node (preset {cfg.node.preset}, {cfg.node.device}); log: "
               f"{out / 'node.log'}", flush=True)
         with NodeHarness(node.settings, out / "node.log", cfg.node.timeout_s,
-                         outputs=PUBLICATIONS, image_topic=image_topic, compressed=compressed,
-                         inputs=inputs, on_output=recorder) as h:
+                         outputs=(*PUBLICATIONS, *(RGBD_PUBLICATIONS if depth else ())),
+                         image_topic=image_topic, compressed=compressed,
+                         on_output=recorder) as h:
+            if depth and not h.client.wait_rgbd_active(cfg.node.timeout_s):
+                raise NodeError(f"the node did not subscribe to depth and camera_info within "
+                                f"{cfg.node.timeout_s:.0f} s; see {out / 'node.log'}")
             print(f"[demo] node active on ROS_DOMAIN_ID {h.domain}; playing {cfg.bag} "
                   f"({bag.count(cfg.topics.image)} frames on {cfg.topics.image}, "
                   f"{cfg.rate} rate) into {output_path}", flush=True)

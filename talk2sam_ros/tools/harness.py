@@ -53,16 +53,18 @@ from talk2sam_ros.msg import TextBoxPrompt
 from talk2sam_ros.ros import conversions as conv
 from talk2sam_ros.ros import grasp3d_messages as gm
 from talk2sam_ros.ros.messages import message_class
-from talk2sam_ros.ros.params import DIAGNOSTICS_TOPIC, NODE_NAME, PUBLICATIONS, TOPIC_BY_NAME
+from talk2sam_ros.ros.params import (DIAGNOSTICS_TOPIC, NODE_NAME, PUBLICATIONS, RGBD_PUBLICATIONS,
+                                     TOPIC_BY_NAME)
 
 Stamp = tuple[int, int]  # (sec, nanosec) of a header: the key of a frame and its outputs
 
-# Every output of the node's topic table with its message class (new outputs come with it).
+# Every output of the node's topic table with its message class (new outputs come with it);
+# the 3D ones (use_depth) apart: listened to only when asked for, since a node without
+# use_depth does not advertise them.
 OUTPUT_TYPES: dict[str, type] = {
     topic: message_class(TOPIC_BY_NAME[topic].msg_type) for topic in PUBLICATIONS}
-# The node's 3D outputs (use_depth): listened to only when asked for, since a node without
-# use_depth does not advertise them.
-RGBD_OUTPUT_TYPES: dict[str, type] = dict(gm.TOPICS)
+RGBD_OUTPUT_TYPES: dict[str, type] = {
+    topic: message_class(TOPIC_BY_NAME[topic].msg_type) for topic in RGBD_PUBLICATIONS}
 CATEGORY_PROMPT_ID = -1  # the node answers `category` prompts with this id
 # Top-level stages of SegmentationResult.timing that are model work; every other top-level
 # lap (convert, publish_masks, grasp, overlay, ...) is the node's own overhead.
@@ -235,16 +237,6 @@ def spin_until(executor: Any, done: Callable[[], Any], timeout: float, step: flo
     return bool(done())
 
 
-def source_header(msg: Any) -> Header | None:
-    """The header an output copies from its source frame: its own, or, for a message without
-    one (visualization_msgs/MarkerArray), its first element's; None when it has none."""
-    header = getattr(msg, "header", None)
-    if header is None:
-        items = getattr(msg, "markers", None)
-        header = items[0].header if items else None
-    return header
-
-
 @dataclass(frozen=True)
 class Received:
     """One output message and when it arrived here (time.perf_counter())."""
@@ -287,8 +279,7 @@ class NodeClient:
                  image_topic: str = "image", compressed: bool = False,
                  outputs: Iterable[str] = PUBLICATIONS, frame_id: str = "camera_optical",
                  name: str = "talk2sam_client",
-                 on_output: Callable[[Received], None] | None = None,
-                 inputs: Mapping[str, type] | None = None) -> None:
+                 on_output: Callable[[Received], None] | None = None) -> None:
         self.context = context
         self.node = rclpy.create_node(name, context=context, namespace=namespace or "/")
         self.executor = SingleThreadedExecutor(context=context)
@@ -313,10 +304,6 @@ class NodeClient:
         # RGB-D inputs (the node's use_depth): depth and camera_info with the colour stamp
         self.depth_pub = self.node.create_publisher(Image, "depth", RELIABLE)
         self.camera_info_pub = self.node.create_publisher(CameraInfo, "camera_info", RELIABLE)
-        # Other inputs of the node (topic -> message class, e.g. depth, camera_info), fed
-        # with ready messages by publish_input (recorded ones keep their headers).
-        self.input_pubs = {topic: self.node.create_publisher(cls, topic, RELIABLE)
-                           for topic, cls in (inputs or {}).items()}
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -389,7 +376,6 @@ class NodeClient:
             lambda: self.image_pub.get_subscription_count() > 0
             and self.prompt_pub.get_subscription_count() > 0
             and self.category_pub.get_subscription_count() > 0
-            and all(pub.get_subscription_count() > 0 for pub in self.input_pubs.values())
             and all(self.node.count_publishers(self.node.resolve_topic_name(t)) > 0
                     for t in self.output_topics), timeout)
 
@@ -411,10 +397,6 @@ class NodeClient:
         self.sent[stamp] = time.perf_counter()
         self.image_pub.publish(msg)
         return stamp
-
-    def publish_input(self, topic: str, msg: Any) -> None:
-        """Publish a ready message, as it is, on one of the `inputs` topics."""
-        self.input_pubs[topic].publish(msg)
 
     def publish_image(self, rgb: np.ndarray, encoding: str = "rgb8",
                       header: Header | None = None) -> Header:
@@ -536,14 +518,14 @@ class NodeHarness:
     entry the node is brought to active: a node whose configure failed (missing or refused
     weights, bad parameters) gives NodeError with the node's own reason from /diagnostics.
 
-    image_topic / compressed / inputs / on_output go to the NodeClient (e.g. a bag player:
-    compressed frames on `image/compressed`, depth and camera_info, a recorder of outputs).
+    image_topic / compressed / on_output go to the NodeClient (e.g. a bag player: compressed
+    frames on `image/compressed`, a recorder of the outputs).
     """
 
     def __init__(self, settings: NodeSettings, log_path: str | os.PathLike,
                  timeout_s: float = START_TIMEOUT_S, outputs: Sequence[str] = ("result", "mask"),
                  frame_id: str = "camera", *, image_topic: str = "image",
-                 compressed: bool = False, inputs: Mapping[str, type] | None = None,
+                 compressed: bool = False,
                  on_output: Callable[[Received], None] | None = None) -> None:
         self.settings = settings
         self.log_path = Path(log_path)
@@ -551,7 +533,7 @@ class NodeHarness:
         self.output_topics = tuple(dict.fromkeys(("result", *outputs)))
         self.frame_id = frame_id
         self._client_options = {"image_topic": image_topic, "compressed": compressed,
-                                "inputs": dict(inputs or {}), "on_output": on_output}
+                                "on_output": on_output}
         self.domain = domain_id()
         self.proc: subprocess.Popen | None = None
         self.client: NodeClient | None = None
