@@ -58,9 +58,9 @@ def test_demo_end_to_end_on_a_fresh_cache(tmp_path, ros_domain, monkeypatch, cap
     cache = tmp_path / "cache"
     monkeypatch.setenv(ENV_DIR, str(cache))
     out = tmp_path / "out"
-    rc = demo.main(["--out", str(out), "--synthetic", "3", "--stream-seconds", "1.5",
-                    "--rate", "10", "--train-images", "6", "--train-size", "64",
-                    "--train-epochs", "1", "--train-steps", "2", "-q"])
+    rc = demo.main(["--out", str(out), "--synthetic", "3", "--rgbd", "1",
+                    "--stream-seconds", "1.5", "--rate", "10", "--train-images", "6",
+                    "--train-size", "64", "--train-epochs", "1", "--train-steps", "2", "-q"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert f"output folder: {out}" in printed
@@ -70,7 +70,7 @@ def test_demo_end_to_end_on_a_fresh_cache(tmp_path, ros_domain, monkeypatch, cap
     assert (out / "summary.md").read_text().startswith("# talk2sam-demo")
     frames = summary["frames"]
     answered = [f for f in frames if f["answered"]]
-    assert summary["frames_sent"] == len(frames) == len(demo.PHOTO_PROMPTS) + 3
+    assert summary["frames_sent"] == len(frames) == len(demo.PHOTO_PROMPTS) + 3 + 1
     assert summary["frames_processed"] == len(answered) > 0
     assert summary["frames_unanswered"] == len(frames) - len(answered)
     assert {f["mode"] for f in frames} == {"text+box", "text-only"}
@@ -83,6 +83,14 @@ def test_demo_end_to_end_on_a_fresh_cache(tmp_path, ros_domain, monkeypatch, cap
         mask = cv2.imread(str(out / f["files"]["mask"]), cv2.IMREAD_GRAYSCALE)
         assert int((mask > 127).sum()) == f["mask_area"]
         assert f["latency_ms"] > 0
+    # the RGB-D scene: its depth and camera_info reached the node with it, and the 3D
+    # grasp figure was drawn from the node's answer
+    (rgbd,) = [f for f in frames if f["source"] == "synthetic_rgbd"]
+    assert rgbd["answered"], rgbd
+    assert rgbd["depth_status"] not in ("", "no_depth", "no_camera_info", "depth_stale",
+                                        "camera_info_stale"), rgbd
+    assert cv2.imread(str(out / rgbd["files"]["grasp3d"])) is not None
+    assert not any("grasp3d" in f["files"] for f in answered if f is not rgbd)
     ious = [f["iou"] for f in answered if f["source"] == "synthetic"]
     assert ious and all(0.0 <= v <= 1.0 for v in ious)
     by_mode = summary["miou_synthetic"]

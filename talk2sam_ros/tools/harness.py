@@ -4,7 +4,8 @@ and collects its outputs by source stamp. Used by talk2sam-demo, talk2sam-bench 
 Pieces, each usable alone:
 
 - ``start_process`` / ``stop_process``: a child with its output in a log file; stopped with
-  SIGINT (rclpy shuts down cleanly), killed if it hangs.
+  SIGINT (rclpy shuts down cleanly), a second SIGINT if it still waits for a frame, killed if
+  it hangs.
 - :class:`NodeSettings`: the node's command line (preset, device, dtype, checkpoint_<part>,
   other parameters), spelled as the node's parameter table spells them.
 - :class:`NodeClient`: an rclpy node in its own Context. Publishes an image with any header
@@ -663,10 +664,12 @@ class NodeHarness:
         got = self.client.outputs.latest(stamp, "result")
         return got if got and got.msg.prompt_id == pid and got.msg.text == text else None
 
-    def wait_frame(self, stamp: Stamp, timeout: float | None = None) -> FrameResult | None:
-        """The node's answer to frame `stamp` under the active prompt (None on timeout)."""
+    def wait_frame(self, stamp: Stamp, timeout: float | None = None,
+                   others: Sequence[str] | None = None) -> FrameResult | None:
+        """The node's answer to frame `stamp` under the active prompt (None on timeout);
+        `others`: as for wait_answer."""
         assert self._active_prompt is not None, "set_prompt first"
-        return self.wait_answer(stamp, *self._active_prompt, timeout)
+        return self.wait_answer(stamp, *self._active_prompt, timeout, others)
 
     def wait_answer(self, stamp: Stamp, pid: int, text: str, timeout: float | None = None,
                     others: Sequence[str] | None = None, others_s: float = 2.0
