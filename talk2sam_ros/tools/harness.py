@@ -4,7 +4,8 @@ and collects its outputs by source stamp. Used by talk2sam-demo, talk2sam-bench 
 Pieces, each usable alone:
 
 - ``start_process`` / ``stop_process``: a child with its output in a log file; stopped with
-  SIGINT (rclpy shuts down cleanly), killed if it hangs.
+  SIGINT (rclpy shuts down cleanly), a second SIGINT if it still waits for a frame, killed if
+  it hangs.
 - :class:`NodeSettings`: the node's command line (preset, device, dtype, checkpoint_<part>,
   other parameters), spelled as the node's parameter table spells them.
 - :class:`NodeClient`: an rclpy node in its own Context. Publishes an image with any header
@@ -49,19 +50,22 @@ from visualization_msgs.msg import MarkerArray
 from talk2sam_ros.common.timing import summarize
 from talk2sam_ros.common.transport import chosen_profile, profile_variables
 from talk2sam_ros.model.config import dtype_name
-from talk2sam_ros.msg import GraspCandidate, SegmentationResult, TextBoxPrompt
+from talk2sam_ros.msg import TextBoxPrompt
 from talk2sam_ros.ros import conversions as conv
 from talk2sam_ros.ros import grasp3d_messages as gm
-from talk2sam_ros.ros.params import DIAGNOSTICS_TOPIC, NODE_NAME, PUBLICATIONS
+from talk2sam_ros.ros.messages import message_class
+from talk2sam_ros.ros.params import (DIAGNOSTICS_TOPIC, NODE_NAME, PUBLICATIONS, RGBD_PUBLICATIONS,
+                                     TOPIC_BY_NAME)
 
 Stamp = tuple[int, int]  # (sec, nanosec) of a header: the key of a frame and its outputs
 
-OUTPUT_TYPES: dict[str, type] = {
-    topic: {"result": SegmentationResult, "grasp": GraspCandidate}.get(topic, Image)
-    for topic in PUBLICATIONS}
-# The node's 3D outputs (use_depth): listened to only when asked for, since a node without
+# Every output of the node's topic table with its message class (new outputs come with it);
+# the 3D ones (use_depth) apart: listened to only when asked for, since a node without
 # use_depth does not advertise them.
-RGBD_OUTPUT_TYPES: dict[str, type] = dict(gm.TOPICS)
+OUTPUT_TYPES: dict[str, type] = {
+    topic: message_class(TOPIC_BY_NAME[topic].msg_type) for topic in PUBLICATIONS}
+RGBD_OUTPUT_TYPES: dict[str, type] = {
+    topic: message_class(TOPIC_BY_NAME[topic].msg_type) for topic in RGBD_PUBLICATIONS}
 CATEGORY_PROMPT_ID = -1  # the node answers `category` prompts with this id
 # Top-level stages of SegmentationResult.timing that are model work; every other top-level
 # lap (convert, publish_masks, grasp, overlay, ...) is the node's own overhead.
@@ -75,7 +79,11 @@ TRANSITIONS = {"configure": Transition.TRANSITION_CONFIGURE,
                "shutdown": Transition.TRANSITION_INACTIVE_SHUTDOWN}
 NODE_MODULE = "talk2sam_ros.ros.node"  # what `ros2 launch` / `ros2 run` run
 START_TIMEOUT_S = 150.0  # node start-up (torch import + tiny model) on a loaded 2-core machine
-STOP_TIMEOUT_S = 15.0  # a node that ignores SIGINT this long is killed
+# Stopping the node: SIGINT; after HURRY_AFTER_S a second SIGINT (stop waiting for the frame
+# in progress); killed STOP_TIMEOUT_S after the first if it still runs (its teardown and
+# interpreter exit, freeing torch, take seconds on a loaded machine).
+HURRY_AFTER_S = 10.0
+STOP_TIMEOUT_S = 30.0
 DIAGNOSTICS_WAIT_S = 10.0
 
 
@@ -136,13 +144,19 @@ def start_process(cmd: Sequence[str], log_path: str | os.PathLike,
                                 env=None if env is None else dict(env), cwd=cwd)
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> int:
-    """SIGINT, then kill after `timeout` s; a second Ctrl-C while waiting kills at once.
-    Returns the exit code."""
+def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S,
+                 hurry_after: float = HURRY_AFTER_S) -> int:
+    """SIGINT; a second SIGINT after `hurry_after` s (the node then stops waiting for the frame
+    in progress, docs/node.md "Stopping"); kill after `timeout` s in all. A Ctrl-C here while
+    waiting kills at once. Returns the exit code."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout)
+            try:
+                proc.wait(min(hurry_after, timeout))
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(max(timeout - hurry_after, 0.1))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout)
@@ -504,16 +518,23 @@ class NodeHarness:
     Use as a context manager. Everything runs on domain_id() with DDS on loopback. On
     entry the node is brought to active: a node whose configure failed (missing or refused
     weights, bad parameters) gives NodeError with the node's own reason from /diagnostics.
+
+    image_topic / compressed / on_output go to the NodeClient (e.g. a bag player: compressed
+    frames on `image/compressed`, a recorder of the outputs).
     """
 
     def __init__(self, settings: NodeSettings, log_path: str | os.PathLike,
                  timeout_s: float = START_TIMEOUT_S, outputs: Sequence[str] = ("result", "mask"),
-                 frame_id: str = "camera") -> None:
+                 frame_id: str = "camera", *, image_topic: str = "image",
+                 compressed: bool = False,
+                 on_output: Callable[[Received], None] | None = None) -> None:
         self.settings = settings
         self.log_path = Path(log_path)
         self.timeout_s = timeout_s
         self.output_topics = tuple(dict.fromkeys(("result", *outputs)))
         self.frame_id = frame_id
+        self._client_options = {"image_topic": image_topic, "compressed": compressed,
+                                "on_output": on_output}
         self.domain = domain_id()
         self.proc: subprocess.Popen | None = None
         self.client: NodeClient | None = None
@@ -543,7 +564,7 @@ class NodeHarness:
         rclpy.init(context=self._context, domain_id=self.domain)
         self.client = NodeClient(self._context, node_name=self.settings.node_name,
                                  outputs=self.output_topics, frame_id=self.frame_id,
-                                 name="talk2sam_tool_client")
+                                 name="talk2sam_tool_client", **self._client_options)
         self.client.check = self._check_alive
         self._bring_up()
 
@@ -643,18 +664,34 @@ class NodeHarness:
         got = self.client.outputs.latest(stamp, "result")
         return got if got and got.msg.prompt_id == pid and got.msg.text == text else None
 
-    def wait_frame(self, stamp: Stamp, timeout: float | None = None) -> FrameResult | None:
-        """The node's answer to frame `stamp` under the active prompt (None on timeout)."""
+    def wait_frame(self, stamp: Stamp, timeout: float | None = None,
+                   others: Sequence[str] | None = None) -> FrameResult | None:
+        """The node's answer to frame `stamp` under the active prompt (None on timeout);
+        `others`: as for wait_answer."""
         assert self._active_prompt is not None, "set_prompt first"
-        pid, text = self._active_prompt
+        return self.wait_answer(stamp, *self._active_prompt, timeout, others)
+
+    def wait_answer(self, stamp: Stamp, pid: int, text: str, timeout: float | None = None,
+                    others: Sequence[str] | None = None, others_s: float = 2.0
+                    ) -> FrameResult | None:
+        """The node's answer to frame `stamp` for prompt (pid, text), e.g. a stamped prompt;
+        None on timeout. The frame's `others` outputs (default: all we listen to; the node
+        publishes `result` last) are awaited `others_s` s at most."""
         timeout = self.answer_timeout_s if timeout is None else timeout
         client = self.client
         if not client.spin_until(lambda: self._answer(stamp, pid, text) is not None, timeout):
             return None
-        wanted = [t for t in self.output_topics if t != "result"]
-        client.spin_until(lambda: all(client.outputs.latest(stamp, t) for t in wanted), 2.0)
-        result = self._answer(stamp, pid, text)
+        wanted = [t for t in (self.output_topics if others is None else others)
+                  if t != "result"]
+        client.spin_until(lambda: all(client.outputs.latest(stamp, t) for t in wanted),
+                          others_s)
+        return self.frame_result(stamp, self._answer(stamp, pid, text))
+
+    def frame_result(self, stamp: Stamp, result: Received) -> FrameResult:
+        """FrameResult of frame `stamp` from its `result` and the outputs received for it."""
+        client = self.client
         got = {t: client.outputs.latest(stamp, t) for t in self.output_topics}
+        got["result"] = result
         done = got["mask"].at if got.get("mask") else result.at
         return FrameResult(stamp, result.msg, {t: r.msg for t, r in got.items() if r},
                            (done - client.sent[stamp]) * 1e3,
@@ -682,16 +719,35 @@ class NodeHarness:
                       ) -> FrameResult | None:
         return self.wait_frame(self.send_image(rgb), timeout)
 
+    def measured(self, res: FrameResult) -> None:
+        """Tighten the answer timeout to this answer's latency (x20, 30 s at least)."""
+        self.latency_estimate_s = res.latency_ms / 1e3
+        self.answer_timeout_s = min(self.timeout_s, max(30.0, 20 * self.latency_estimate_s))
+
     def warm_up(self, rgb: np.ndarray, tries: int = 3) -> FrameResult:
         """A first answered frame (lazy initialisation; its numbers are not kept). Retried:
         the very first samples of a new publisher can be lost while discovery settles."""
         for _ in range(tries):
             res = self.send_and_wait(rgb, self.timeout_s)
             if res is not None:
-                self.latency_estimate_s = res.latency_ms / 1e3
-                self.answer_timeout_s = min(self.timeout_s, max(30.0, 20 * res.latency_ms / 1e3))
+                self.measured(res)
                 return res
         raise NodeError(f"the node answered none of {tries} warm-up frames; see {self.log_path}")
+
+    def wait_stragglers(self) -> None:
+        """After a stream: the node holds at most the frame in work plus the newest pending
+        one, so spin until results stop coming for ~2.5 frame times (bounded by
+        answer_timeout_s)."""
+        results = self.client.outputs.by_topic["result"]
+        quiet_s = max(3.0, 2.5 * self.latency_estimate_s)
+        quiet_until = time.monotonic() + quiet_s
+        seen = len(results)
+        deadline = time.monotonic() + max(quiet_s, self.answer_timeout_s)
+        while time.monotonic() < min(quiet_until, deadline):
+            self.client.executor.spin_once(timeout_sec=0.05)
+            if len(results) != seen:
+                seen = len(results)
+                quiet_until = time.monotonic() + quiet_s
 
     def stream(self, frames: Sequence[np.ndarray], rate_hz: float, seconds: float
                ) -> dict[str, Any]:
@@ -719,17 +775,7 @@ class NodeHarness:
             i += 1
         wall = time.monotonic() - start
         sent = set(stamps)
-        # Stragglers: the node holds at most the frame in work plus the newest pending one, so
-        # wait until answers stop coming for ~2.5 frame times (bounded by answer_timeout_s).
-        quiet_s = max(3.0, 2.5 * self.latency_estimate_s)
-        quiet_until = time.monotonic() + quiet_s
-        seen = len(results)
-        deadline = time.monotonic() + max(quiet_s, self.answer_timeout_s)
-        while time.monotonic() < min(quiet_until, deadline):
-            client.executor.spin_once(timeout_sec=0.05)
-            if len(results) != seen:
-                seen = len(results)
-                quiet_until = time.monotonic() + quiet_s
+        self.wait_stragglers()
         answers = [r for r in results[first_result:] if conv.stamp_key(r.msg.header) in sent]
         done = {conv.stamp_key(r.msg.header) for r in answers}
         ages = [float(r.msg.frame_age_ms) for r in answers]
