@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from talk2sam_ros.common.cli import run_cli
+from talk2sam_ros.common.cli import CliParser, run_cli
 from talk2sam_ros.model.config import CHECKPOINT_PARTS, PRESET_NAMES, RUNTIME_QUANTIZE
 from talk2sam_ros.model.errors import CheckpointError
 from talk2sam_ros.weights.registry import WeightsError
@@ -21,8 +21,8 @@ from talk2sam_ros.weights.resolve import InferenceSpec
 PROG = "talk2sam-export"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def build_parser() -> CliParser:
+    p = CliParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="", choices=("", *PRESET_NAMES),
                    help="model preset (default: the trained head's, checkpoint_talk2sam)")
     for part in CHECKPOINT_PARTS:
@@ -92,9 +92,9 @@ def _export(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Expected failures, one line each: missing or refused weights (WeightsError,
+    # Expected failures, one line each (exit 1): missing or refused weights (WeightsError,
     # CheckpointError, ExportError is one), bad option combinations (ValueError), an
-    # unwritable cache (OSError).
+    # unwritable cache (OSError); bad options are CliParser's UsageError (exit 2).
     return run_cli(PROG, lambda: _export(argv), (WeightsError, CheckpointError, ValueError,
                                                  OSError))
 
