@@ -256,3 +256,44 @@ def test_side_by_side_comparison_times_both_runtimes_on_one_model(ort_model):
     assert ort_model.image_runtime is not None  # attached again after the torch column
     table = comparison_markdown(result)
     assert "| median ms | `torch` | `onnxruntime` |" in table and "reuse ratio" in table
+
+
+def test_load_for_inference_releases_the_torch_encoders(ort_model, export_dir, tmp_path,
+                                                        image):
+    """Once the validated exports are attached, the PyTorch encoders' weights are freed (RAM
+    holds them once, in the sessions); predictions are unchanged, the rest of the model keeps
+    its weights, and running the released encoders is a one-line error."""
+    shutil.copytree(export_dir, tmp_path / "exports")
+    spec = InferenceSpec(preset="tiny", weights_dir=str(tmp_path), device="cpu",
+                         overrides={"runtime": "onnxruntime"})
+    released = load_for_inference(spec).model
+    kept = load_for_inference(spec, keep_torch_encoders=True).model
+
+    def tensors(module):
+        return [*module.parameters(), *module.buffers()]
+
+    def held_bytes(model):
+        return sum(t.untyped_storage().nbytes() for t in tensors(model) if not t.is_meta)
+
+    encoders = [(m.sam.image_encoder, m.dino) for m in (released, kept)]
+    assert all(t.is_meta for module in encoders[0] for t in tensors(module))
+    assert not any(t.is_meta for module in encoders[1] for t in tensors(module))
+    others = [released.text_encoder, released.projection, released.mask_prompt,
+              released.sam.prompt_encoder, released.sam.mask_decoder]
+    assert not any(t.is_meta for module in others for t in tensors(module))
+    encoder_bytes = sum(t.untyped_storage().nbytes() for m in encoders[1] for t in tensors(m))
+    assert held_bytes(released) == held_bytes(kept) - encoder_bytes
+    assert released.parameter_counts() == kept.parameter_counts()
+
+    for model in (released, kept):
+        assert all(r.reused for r in model.image_runtime.records.values())
+    for text, boxes in (("person", BOXES), (None, BOXES[:1]), ("person", None)):
+        outs = []
+        for model in (released, kept):
+            pred = Talk2SAMPredictor(model, text_cache_size=0)
+            pred.set_image(image)
+            outs.append(pred.predict(text, boxes))
+        assert np.array_equal(outs[0].logits, outs[1].logits)
+        assert np.array_equal(outs[0].masks, outs[1].masks)
+    with released.using_encoders(None), pytest.raises(RuntimeError, match="was released"):
+        released.encode_images([image])

@@ -190,10 +190,15 @@ class _EncoderGraph(nn.Module):
         return self._encode(x)
 
 
+def encoder_module(model: Talk2SAM, part: str) -> nn.Module:
+    """The PyTorch module whose every parameter and buffer the export of `part` holds."""
+    return model.sam.image_encoder if part == "sam_hq" else model.dino
+
+
 def export_encoder(model: Talk2SAM, part: str, example: torch.Tensor, path: Path) -> None:
     """Export `part` of `model` (on the CPU, float32) to `path` (+ external weights file)."""
-    graph = (_EncoderGraph(model.sam.image_encoder, model.torch_encode_sam) if part == "sam_hq"
-             else _EncoderGraph(model.dino, model.torch_encode_dino))
+    graph = _EncoderGraph(encoder_module(model, part),
+                          model.torch_encode_sam if part == "sam_hq" else model.torch_encode_dino)
     try:
         with torch.no_grad(), warnings.catch_warnings(), _quiet_loggers(_EXPORTER_LOGGERS):
             warnings.simplefilter("ignore")  # exporter deprecation chatter, not ours to fix
@@ -454,3 +459,21 @@ def prepare_runtime(model: Talk2SAM, export_dir: str | os.PathLike | None,
         sessions[part] = open_session(record.model_path, execution_providers(
             provider, device, cfg.runtime_fp16, cache))
     model.image_runtime = OnnxEncoders(sessions, records, cfg.runtime_quantize)
+
+
+def release_torch_encoders(model: Talk2SAM) -> list[str]:
+    """Free the weights of the PyTorch encoders that `model`'s attached runtime runs, so RAM
+    holds them once (in the runtime's sessions); returns the parts released.
+
+    Their parameters and buffers become meta tensors (module.to_empty): names, shapes,
+    attributes (dino.grid) and parameter_counts stay, the storage goes. Exports are validated
+    against these modules before (ensure_exports), so nothing later needs them; running them
+    afterwards (using_encoders(None)) is a one-line RuntimeError, and a released model cannot
+    be moved to another device (build it there). Call after the model's final .to()."""
+    runtime = model.image_runtime
+    if runtime is None:
+        raise ValueError("no runtime attached: the PyTorch encoders are the only copy")
+    parts = [part for part in ENCODER_PARTS if part in runtime.sessions]
+    for part in parts:
+        encoder_module(model, part).to_empty(device="meta")
+    return parts

@@ -140,7 +140,8 @@ def build_predictor(cfg: BenchConfig) -> tuple[Any, Any, dict[str, str]]:
                          overrides={"compile": cfg.compile, "sam_sdpa": cfg.sdpa,
                                     "runtime": cfg.runtime})
     with _sdpa(cfg.sdpa):
-        loaded = load_for_inference(spec)
+        # The torch column of compare_runtimes runs this model's own PyTorch encoders.
+        loaded = load_for_inference(spec, keep_torch_encoders=cfg.runtime != "torch")
     files = {part: str(path) for part, path in loaded.checkpoints.items()}
     return loaded.model, Talk2SAMPredictor(loaded.model), files
 
