@@ -42,9 +42,9 @@ from talk2sam_ros.common.metrics import mask_iou
 from . import transforms as T
 from .errors import ExportError
 from .predictor import Talk2SAMPredictor
-from .runtime import (ENCODER_PARTS, INPUT_NAME, OUTPUT_NAMES, OnnxEncoders,
-                      execution_providers, onnxruntime_module, open_session,
-                      require_provider, resolve_provider)
+from .runtime import (ENCODER_PARTS, INPUT_NAME, OUTPUT_NAMES, OnnxEncoders, OpenVinoEncoders,
+                      compile_openvino, execution_providers, onnxruntime_module, open_session,
+                      openvino_module, require_provider, resolve_provider)
 from .talk2sam import Talk2SAM
 
 log = logging.getLogger(__name__)
@@ -433,7 +433,8 @@ def prepare_runtime(model: Talk2SAM, export_dir: str | os.PathLike | None,
                     device: torch.device | str = "cpu", progress: Progress | None = None
                     ) -> None:
     """Attach the runtime model.config asks for (nothing for torch): ensure_exports, then
-    one session per encoder on `device`'s execution provider (config.runtime_provider).
+    one session per encoder on `device`'s execution provider (config.runtime_provider), or
+    for openvino one CPU compiled model per encoder of the same validated fp32 exports.
     `model` must still be on the CPU in float32 (build_talk2sam calls this before moving
     it). Raises ValueError for options that do not fit, ExportError for export problems."""
     cfg = model.config
@@ -451,8 +452,19 @@ def prepare_runtime(model: Talk2SAM, export_dir: str | os.PathLike | None,
     if cfg.runtime_quantize != "none" and provider != "cpu":
         raise ValueError(f"runtime_quantize {cfg.runtime_quantize} runs on the cpu provider, "
                          f"not {provider} (device {device})")
+    if cfg.runtime == "openvino" and device.type != "cpu":
+        raise ValueError(f"runtime openvino runs the encoders on the CPU, not device {device} "
+                         "(GPUs: runtime onnxruntime with runtime_provider cuda or tensorrt)")
     require_provider(provider)  # before a minutes-long export, not after
+    if cfg.runtime == "openvino":
+        openvino_module()
+    # Exports are made and validated with ONNX Runtime whatever runs them afterwards.
     records = ensure_exports(model, Path(export_dir), cfg.runtime_quantize, progress)
+    if cfg.runtime == "openvino":
+        model.image_runtime = OpenVinoEncoders(
+            {part: compile_openvino(record.model_path) for part, record in records.items()},
+            records)
+        return
     sessions = {}
     for part, record in records.items():
         cache = record.folder / "tensorrt" if provider == "tensorrt" else None

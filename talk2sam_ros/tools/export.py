@@ -4,7 +4,8 @@ Builds the model the node would build (same options, same checkpoint resolution)
 SAM-HQ's image encoder and DINOv2 to ONNX in the weights cache (``<cache>/exports``), checks
 each new export against PyTorch on a real image and keeps it; valid exports are reused.
 ``--list`` shows what the export folder holds. The node does the same on configure with
-``runtime:=onnxruntime`` when an export is missing; this tool does it ahead of time.
+``runtime:=onnxruntime`` or ``runtime:=openvino`` (which runs the same files) when an export
+is missing; this tool does it ahead of time.
 """
 from __future__ import annotations
 
