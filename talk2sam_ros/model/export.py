@@ -44,7 +44,7 @@ from .errors import ExportError
 from .predictor import Talk2SAMPredictor
 from .runtime import (ENCODER_PARTS, INPUT_NAME, OUTPUT_NAMES, OnnxEncoders, OpenVinoEncoders,
                       compile_openvino, execution_providers, onnxruntime_module, open_session,
-                      openvino_module, require_provider, resolve_provider)
+                      require_provider, resolve_provider, runtime_module)
 from .talk2sam import Talk2SAM
 
 log = logging.getLogger(__name__)
@@ -457,7 +457,7 @@ def prepare_runtime(model: Talk2SAM, export_dir: str | os.PathLike | None,
                          "(GPUs: runtime onnxruntime with runtime_provider cuda or tensorrt)")
     require_provider(provider)  # before a minutes-long export, not after
     if cfg.runtime == "openvino":
-        openvino_module()
+        runtime_module("openvino")
     # Exports are made and validated with ONNX Runtime whatever runs them afterwards.
     records = ensure_exports(model, Path(export_dir), cfg.runtime_quantize, progress)
     if cfg.runtime == "openvino":

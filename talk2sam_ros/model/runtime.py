@@ -10,6 +10,7 @@ torch-only installs never need them.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,33 +32,27 @@ OUTPUT_NAMES = {"sam_hq": ("embedding", "interm0"), "dinov2": ("patches", "atten
 _ORT_PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                  "tensorrt": "TensorrtExecutionProvider"}
 GPU_PACKAGE_HINT = "install onnxruntime-gpu instead of onnxruntime (docs/model.md, Runtimes)"
+_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}  # runtime package -> setup.py extra
+
+
+def runtime_module(name: str) -> Any:
+    """The onnxruntime or openvino module, or an ExportError saying how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ExportError(f"runtime {name} needs the {name} package ({exc}); pip install -r "
+                          f"requirements-model.txt, or talk2sam_ros[{_EXTRAS[name]}]") from None
 
 
 def onnxruntime_module() -> Any:
-    """The onnxruntime module, or an ExportError saying how to install it."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ExportError(f"runtime onnxruntime needs the onnxruntime package ({exc}); pip "
-                          "install -r requirements-model.txt, or talk2sam_ros[onnx]") from None
-    return onnxruntime
-
-
-def openvino_module() -> Any:
-    """The openvino module, or an ExportError saying how to install it."""
-    try:
-        import openvino
-    except ImportError as exc:
-        raise ExportError(f"runtime openvino needs the openvino package ({exc}); pip install "
-                          "-r requirements-model.txt, or talk2sam_ros[openvino]") from None
-    return openvino
+    return runtime_module("onnxruntime")
 
 
 def compile_openvino(path: Path) -> Any:
     """An OpenVINO CompiledModel of the ONNX file `path` on the CPU, in f32 (OpenVINO would
     pick bf16 by itself on CPUs with bf16 units: the exports are validated in fp32), tuned for
     latency (one request at a time on all cores). ExportError (one line) when it fails."""
-    ov = openvino_module()
+    ov = runtime_module("openvino")
     try:
         return ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                           "PERFORMANCE_HINT": "LATENCY"})
