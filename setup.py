@@ -55,6 +55,8 @@ setup(
         # TensorRT (the two onnxruntime builds cannot be installed together)
         "onnx": ["onnxruntime>=1.20", "onnx>=1.17", "onnxscript>=0.2"],
         "onnx-gpu": ["onnxruntime-gpu>=1.20", "onnx>=1.17", "onnxscript>=0.2"],
+        # runtime openvino: OpenVINO runs the exports that onnxruntime made and validated
+        "openvino": ["openvino>=2024.0", "onnxruntime>=1.20", "onnx>=1.17", "onnxscript>=0.2"],
         "ros": ["cv-bridge==1.13.0.post0", "rosbags>=0.11"],
         "test": ["pytest"],
     },

@@ -1,9 +1,17 @@
-"""talk2sam-export (in-process main): export, reuse, --list, and a failed export as one line."""
+"""talk2sam-export: export, reuse, --list (in-process main), and the project's CLI conventions
+(a bad option: one line, exit 2; an error: one line, exit 1) as a subprocess."""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from talk2sam_ros.tools.export import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("onnxruntime")
 
@@ -40,3 +48,29 @@ def test_missing_weights_are_one_error_line(tmp_path, capsys):
     assert main(["--preset", "t", "--weights_dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("talk2sam-export: error: preset 't' needs weight files")
+
+
+def _run_export(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TALK2SAM_WEIGHTS_DIR": str(tmp_path / "weights")}
+    return subprocess.run([sys.executable, "-m", "talk2sam_ros.tools.export", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_bad_option_is_one_usage_line_exit_2(tmp_path):
+    proc = _run_export(["--preset", "tiny", "--no_such_option"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "talk2sam-export: error: unrecognized arguments: --no_such_option"]
+    assert proc.stdout == ""
+
+
+def test_missing_checkpoint_is_one_error_line_exit_1(tmp_path):
+    missing = tmp_path / "sam_hq_vit_tiny.pth"
+    proc = _run_export(["--preset", "tiny", "--checkpoint_sam_hq", str(missing),
+                        "--export_dir", str(tmp_path / "exports")], tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("talk2sam-export: error: checkpoint_sam_hq=")
+    assert str(missing) in lines[0] and "neither a file nor a registry name" in lines[0]
+    assert not (tmp_path / "exports").exists()  # nothing exported for a refused file

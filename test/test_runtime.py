@@ -1,12 +1,14 @@
-"""runtime onnxruntime on the tiny preset: ONNX exports of the frozen encoders against PyTorch
-(parity of features, logits and masks in both similarity modes), the export cache (reuse, a
-stale export after changed weights, a tampered file, failed exports) and the options.
+"""runtimes onnxruntime and openvino on the tiny preset: ONNX exports of the frozen encoders
+against PyTorch (parity of features, logits and masks in both similarity modes, on both
+runtimes), the export cache (reuse, a stale export after changed weights, a tampered file,
+failed exports), the options, and the PyTorch encoders' release.
 
 One export is made per module into a shared folder and reused by the tests that only read it;
 tests that change the folder work on copies.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +23,7 @@ from talk2sam_ros.model import transforms as T
 from talk2sam_ros.model.errors import CheckpointError, ExportError
 from talk2sam_ros.model.export import (FP32_TOLERANCE, INT8_MIN_MASK_IOU, RECORD_FILE,
                                        ensure_exports, export_key, read_record)
-from talk2sam_ros.model.runtime import ENCODER_PARTS, OnnxEncoders
+from talk2sam_ros.model.runtime import ENCODER_PARTS, OnnxEncoders, OpenVinoEncoders
 from talk2sam_ros.model.runtime_compare import (compare_runtimes, comparison_markdown,
                                                 mask_agreement)
 from talk2sam_ros.weights import InferenceSpec
@@ -34,8 +36,13 @@ MARGIN = 1e-3  # "away from the threshold": |torch logit| > 10 x TOL (pixels nea
 BOXES = np.array([[20, 30, 200, 280], [150, 10, 500, 290]], np.float32)
 
 
-def onnx_config(**changes):
-    return get_preset("tiny").replace(runtime="onnxruntime", **changes)
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                    reason="openvino is not installed")
+RUNTIMES = ["onnxruntime", pytest.param("openvino", marks=needs_openvino)]
+
+
+def onnx_config(runtime: str = "onnxruntime", **changes):
+    return get_preset("tiny").replace(runtime=runtime, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +91,15 @@ def test_new_export_is_validated_recorded_and_attached(ort_model, export_dir):
     assert ort_model.describe()["runtime"]["runtime"] == "onnxruntime"
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("mode", ["patch", "attention_max"])
-def test_onnxruntime_matches_torch_logits_and_masks(ort_model, export_dir, image, mode):
-    """Independently built torch and onnxruntime models (same seed): features, similarity,
-    logits within 1e-4, identical masks wherever the logit is not at the threshold."""
+def test_runtime_matches_torch_logits_and_masks(ort_model, export_dir, image, mode, runtime):
+    """Independently built torch and onnxruntime / openvino models (same seed): features,
+    similarity, logits within 1e-4, identical masks wherever the logit is not at the
+    threshold. OpenVINO runs the exports onnxruntime made (reused, not exported again)."""
     torch_model = build_talk2sam(get_preset("tiny").replace(similarity_mode=mode))
-    ort_model = build_talk2sam(onnx_config(similarity_mode=mode), export_dir=export_dir)
+    ort_model = build_talk2sam(onnx_config(runtime, similarity_mode=mode), export_dir=export_dir)
+    assert ort_model.image_runtime.name == runtime
     assert all(r.reused for r in ort_model.image_runtime.records.values())
     for name, ref, out in zip(("embedding", "interm0", "patches", "attention"),
                               _encoded(torch_model, image), _encoded(ort_model, image)):
@@ -202,6 +212,9 @@ def test_unwritable_export_folder_is_one_error_line(tmp_path):
     ({"runtime": "onnxruntime", "compile": True}, "compile (torch.compile) applies to"),
     ({"runtime": "onnxruntime", "runtime_provider": "cuda",
       "runtime_quantize": "int8_dynamic"}, "runs on the CPU execution provider"),
+    ({"runtime": "openvino", "runtime_provider": "cuda"}, "runtime openvino runs the fp32"),
+    ({"runtime": "openvino", "runtime_quantize": "int8_dynamic"}, "are ONNX Runtime options"),
+    ({"runtime": "openvino", "compile": True}, "applies to runtime torch, not openvino"),
 ])
 def test_contradictory_runtime_options_are_refused(changes, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
@@ -256,3 +269,67 @@ def test_side_by_side_comparison_times_both_runtimes_on_one_model(ort_model):
     assert ort_model.image_runtime is not None  # attached again after the torch column
     table = comparison_markdown(result)
     assert "| median ms | `torch` | `onnxruntime` |" in table and "reuse ratio" in table
+
+
+def test_load_for_inference_releases_the_torch_encoders(ort_model, export_dir, tmp_path,
+                                                        image):
+    """Once the validated exports are attached, the PyTorch encoders' weights are freed (RAM
+    holds them once, in the sessions); predictions are unchanged, the rest of the model keeps
+    its weights, and running the released encoders is a one-line error."""
+    shutil.copytree(export_dir, tmp_path / "exports")
+    spec = InferenceSpec(preset="tiny", weights_dir=str(tmp_path), device="cpu",
+                         overrides={"runtime": "onnxruntime"})
+    released = load_for_inference(spec).model
+    kept = load_for_inference(spec, keep_torch_encoders=True).model
+
+    def tensors(module):
+        return [*module.parameters(), *module.buffers()]
+
+    def held_bytes(model):
+        return sum(t.untyped_storage().nbytes() for t in tensors(model) if not t.is_meta)
+
+    encoders = [(m.sam.image_encoder, m.dino) for m in (released, kept)]
+    assert all(t.is_meta for module in encoders[0] for t in tensors(module))
+    assert not any(t.is_meta for module in encoders[1] for t in tensors(module))
+    others = [released.text_encoder, released.projection, released.mask_prompt,
+              released.sam.prompt_encoder, released.sam.mask_decoder]
+    assert not any(t.is_meta for module in others for t in tensors(module))
+    encoder_bytes = sum(t.untyped_storage().nbytes() for m in encoders[1] for t in tensors(m))
+    assert held_bytes(released) == held_bytes(kept) - encoder_bytes
+    assert released.parameter_counts() == kept.parameter_counts()
+
+    for model in (released, kept):
+        assert all(r.reused for r in model.image_runtime.records.values())
+    for text, boxes in (("person", BOXES), (None, BOXES[:1]), ("person", None)):
+        outs = []
+        for model in (released, kept):
+            pred = Talk2SAMPredictor(model, text_cache_size=0)
+            pred.set_image(image)
+            outs.append(pred.predict(text, boxes))
+        assert np.array_equal(outs[0].logits, outs[1].logits)
+        assert np.array_equal(outs[0].masks, outs[1].masks)
+    with released.using_encoders(None), pytest.raises(RuntimeError, match="was released"):
+        released.encode_images([image])
+
+
+@needs_openvino
+def test_openvino_attaches_the_validated_exports_without_exporting(ort_model, export_dir,
+                                                                   tmp_path):
+    """runtime openvino: the onnxruntime exports (same keys) are reused as they are, compiled
+    by OpenVINO on the CPU, and timed next to torch on the same model."""
+    before = _folders(export_dir)
+    lines: list[str] = []
+    model = build_talk2sam(onnx_config("openvino"), export_dir=export_dir,
+                           progress=lines.append)
+    runtime = model.image_runtime
+    assert isinstance(runtime, OpenVinoEncoders) and _folders(export_dir) == before
+    assert {p: r.folder for p, r in runtime.records.items()} == {
+        p: r.folder for p, r in ort_model.image_runtime.records.items()}
+    assert sum("using the validated export" in line for line in lines) == 2
+    assert not any("exporting" in line for line in lines)
+    assert model.describe()["runtime"]["providers"] == {p: "openvino CPU" for p in ENCODER_PARTS}
+    result = compare_runtimes(model, runs=1, warmup=0, image_size=(120, 160))
+    assert set(result["median_ms"]) == {"torch", "openvino"}
+    with pytest.raises(ValueError, match="runtime openvino runs the encoders on the CPU, not"):
+        build_talk2sam(onnx_config("openvino"), export_dir=tmp_path / "x", device="cuda")
+    assert not (tmp_path / "x").exists()  # refused before exporting anything

@@ -2,10 +2,13 @@
 
 A failed export (export_dir under a file) fails configure with one line and the node stays up;
 with a usable export_dir the next configure exports (steps in the node's log), the node
-segments end to end, and a later configure reuses the export. One node process for the module;
-each test first brings it back to unconfigured.
+segments end to end, and a later configure reuses the export; runtime:=openvino configures
+on the same exports and segments too. One node process for the module; each test first brings
+it back to unconfigured.
 """
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 from node_harness import (START_TIMEOUT, Client, module_domain, running_node, sample_picture,
@@ -42,6 +45,18 @@ def _unconfigure(client: Client) -> None:
     assert client.state() == "unconfigured"
 
 
+def _activate_and_segment(node, prompt_id: int) -> None:
+    """Activate the configured node; one picture + prompt gives a result and a mask."""
+    client = node.client
+    assert client.change_state("activate") is True
+    assert client.wait_active(60)
+    header = client.publish_image(sample_picture())
+    client.publish_prompt(prompt_id, "person", boxes=[10, 10, 80, 100])
+    result = client.wait_output("result", header, prompt_id)
+    assert result is not None, node.log_tail()
+    assert len(result.boxes) == 4 and client.wait_output("mask", header) is not None
+
+
 def test_failed_export_fails_configure_in_one_line_and_the_node_stays_up(ros):
     node, unusable, _ = ros
     client = node.client
@@ -66,15 +81,26 @@ def test_configure_exports_segments_end_to_end_and_reconfigure_reuses(ros):
     assert "exporting the SAM-HQ image encoder to ONNX" in log and "exporting DINOv2" in log
     assert log.count("export kept in") == 2, log[-3000:]
     assert sorted(p.name.split("-")[0] for p in exports.iterdir()) == ["dinov2", "sam_hq"]
-    assert client.change_state("activate") is True
-    assert client.wait_active(60)
-    header = client.publish_image(sample_picture())
-    client.publish_prompt(7, "person", boxes=[10, 10, 80, 100])
-    result = client.wait_output("result", header, 7)
-    assert result is not None, node.log_tail()
-    assert len(result.boxes) == 4 and client.wait_output("mask", header) is not None
+    _activate_and_segment(node, 7)
 
     _unconfigure(client)
     assert client.change_state("configure", timeout=200) is True, node.log_tail()
     log = node.log.read_text(errors="replace")
     assert log.count("using the validated export") == 2 and log.count("export kept in") == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                    reason="openvino is not installed")
+def test_runtime_openvino_configures_on_the_exports_and_segments(ros):
+    node, _, exports = ros
+    client = node.client
+    _unconfigure(client)
+    assert all(r.successful for r in client.set_parameters(export_dir=str(exports),
+                                                           runtime="openvino"))
+    try:
+        assert client.change_state("configure", timeout=400) is True, node.log_tail()
+        assert sorted(p.name.split("-")[0] for p in exports.iterdir()) == ["dinov2", "sam_hq"]
+        _activate_and_segment(node, 8)
+    finally:
+        _unconfigure(client)
+        assert all(r.successful for r in client.set_parameters(runtime="onnxruntime"))

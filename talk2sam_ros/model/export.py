@@ -42,9 +42,9 @@ from talk2sam_ros.common.metrics import mask_iou
 from . import transforms as T
 from .errors import ExportError
 from .predictor import Talk2SAMPredictor
-from .runtime import (ENCODER_PARTS, INPUT_NAME, OUTPUT_NAMES, OnnxEncoders,
-                      execution_providers, onnxruntime_module, open_session,
-                      require_provider, resolve_provider)
+from .runtime import (ENCODER_PARTS, INPUT_NAME, OUTPUT_NAMES, OnnxEncoders, OpenVinoEncoders,
+                      compile_openvino, execution_providers, onnxruntime_module, open_session,
+                      require_provider, resolve_provider, runtime_module)
 from .talk2sam import Talk2SAM
 
 log = logging.getLogger(__name__)
@@ -190,10 +190,15 @@ class _EncoderGraph(nn.Module):
         return self._encode(x)
 
 
+def encoder_module(model: Talk2SAM, part: str) -> nn.Module:
+    """The PyTorch module whose every parameter and buffer the export of `part` holds."""
+    return model.sam.image_encoder if part == "sam_hq" else model.dino
+
+
 def export_encoder(model: Talk2SAM, part: str, example: torch.Tensor, path: Path) -> None:
     """Export `part` of `model` (on the CPU, float32) to `path` (+ external weights file)."""
-    graph = (_EncoderGraph(model.sam.image_encoder, model.torch_encode_sam) if part == "sam_hq"
-             else _EncoderGraph(model.dino, model.torch_encode_dino))
+    graph = _EncoderGraph(encoder_module(model, part),
+                          model.torch_encode_sam if part == "sam_hq" else model.torch_encode_dino)
     try:
         with torch.no_grad(), warnings.catch_warnings(), _quiet_loggers(_EXPORTER_LOGGERS):
             warnings.simplefilter("ignore")  # exporter deprecation chatter, not ours to fix
@@ -428,7 +433,8 @@ def prepare_runtime(model: Talk2SAM, export_dir: str | os.PathLike | None,
                     device: torch.device | str = "cpu", progress: Progress | None = None
                     ) -> None:
     """Attach the runtime model.config asks for (nothing for torch): ensure_exports, then
-    one session per encoder on `device`'s execution provider (config.runtime_provider).
+    one session per encoder on `device`'s execution provider (config.runtime_provider), or
+    for openvino one CPU compiled model per encoder of the same validated fp32 exports.
     `model` must still be on the CPU in float32 (build_talk2sam calls this before moving
     it). Raises ValueError for options that do not fit, ExportError for export problems."""
     cfg = model.config
@@ -446,11 +452,40 @@ def prepare_runtime(model: Talk2SAM, export_dir: str | os.PathLike | None,
     if cfg.runtime_quantize != "none" and provider != "cpu":
         raise ValueError(f"runtime_quantize {cfg.runtime_quantize} runs on the cpu provider, "
                          f"not {provider} (device {device})")
+    if cfg.runtime == "openvino" and device.type != "cpu":
+        raise ValueError(f"runtime openvino runs the encoders on the CPU, not device {device} "
+                         "(GPUs: runtime onnxruntime with runtime_provider cuda or tensorrt)")
     require_provider(provider)  # before a minutes-long export, not after
+    if cfg.runtime == "openvino":
+        runtime_module("openvino")
+    # Exports are made and validated with ONNX Runtime whatever runs them afterwards.
     records = ensure_exports(model, Path(export_dir), cfg.runtime_quantize, progress)
+    if cfg.runtime == "openvino":
+        model.image_runtime = OpenVinoEncoders(
+            {part: compile_openvino(record.model_path) for part, record in records.items()},
+            records)
+        return
     sessions = {}
     for part, record in records.items():
         cache = record.folder / "tensorrt" if provider == "tensorrt" else None
         sessions[part] = open_session(record.model_path, execution_providers(
             provider, device, cfg.runtime_fp16, cache))
     model.image_runtime = OnnxEncoders(sessions, records, cfg.runtime_quantize)
+
+
+def release_torch_encoders(model: Talk2SAM) -> list[str]:
+    """Free the weights of the PyTorch encoders that `model`'s attached runtime runs, so RAM
+    holds them once (in the runtime's sessions); returns the parts released.
+
+    Their parameters and buffers become meta tensors (module.to_empty): names, shapes,
+    attributes (dino.grid) and parameter_counts stay, the storage goes. Exports are validated
+    against these modules before (ensure_exports), so nothing later needs them; running them
+    afterwards (using_encoders(None)) is a one-line RuntimeError, and a released model cannot
+    be moved to another device (build it there). Call after the model's final .to()."""
+    runtime = model.image_runtime
+    if runtime is None:
+        raise ValueError("no runtime attached: the PyTorch encoders are the only copy")
+    parts = [part for part in ENCODER_PARTS if part in runtime.sessions]
+    for part in parts:
+        encoder_module(model, part).to_empty(device="meta")
+    return parts

@@ -1,13 +1,16 @@
-"""ONNX Runtime sessions for the frozen image encoders (export.py makes and checks the files).
+"""ONNX Runtime sessions / OpenVINO compiled models for the frozen image encoders (export.py
+makes and checks the files).
 
-`OnnxEncoders` stands in for the PyTorch encoders behind `Talk2SAM.encode_sam` /
-`encode_dino` (model.image_runtime): same inputs (preprocessed float32 images on the model
-device), same outputs (float32 tensors on the input's device), so the predictor's per-frame
-cache, the training feature cache and evaluation run unchanged on either runtime.
-onnxruntime is imported on first use: torch-only installs never need it.
+`OnnxEncoders` (ONNX Runtime) and `OpenVinoEncoders` (OpenVINO, CPU) stand in for the PyTorch
+encoders behind `Talk2SAM.encode_sam` / `encode_dino` (model.image_runtime): same inputs
+(preprocessed float32 images on the model device), same outputs (float32 tensors on the
+input's device), so the predictor's per-frame cache, the training feature cache and
+evaluation run unchanged on any runtime. onnxruntime and openvino are imported on first use:
+torch-only installs never need them.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,16 +32,33 @@ OUTPUT_NAMES = {"sam_hq": ("embedding", "interm0"), "dinov2": ("patches", "atten
 _ORT_PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                  "tensorrt": "TensorrtExecutionProvider"}
 GPU_PACKAGE_HINT = "install onnxruntime-gpu instead of onnxruntime (docs/model.md, Runtimes)"
+_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}  # runtime package -> setup.py extra
+
+
+def runtime_module(name: str) -> Any:
+    """The onnxruntime or openvino module, or an ExportError saying how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ExportError(f"runtime {name} needs the {name} package ({exc}); pip install -r "
+                          f"requirements-model.txt, or talk2sam_ros[{_EXTRAS[name]}]") from None
 
 
 def onnxruntime_module() -> Any:
-    """The onnxruntime module, or an ExportError saying how to install it."""
+    return runtime_module("onnxruntime")
+
+
+def compile_openvino(path: Path) -> Any:
+    """An OpenVINO CompiledModel of the ONNX file `path` on the CPU, in f32 (OpenVINO would
+    pick bf16 by itself on CPUs with bf16 units: the exports are validated in fp32), tuned for
+    latency (one request at a time on all cores). ExportError (one line) when it fails."""
+    ov = runtime_module("openvino")
     try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ExportError(f"runtime onnxruntime needs the onnxruntime package ({exc}); pip "
-                          "install -r requirements-model.txt, or talk2sam_ros[onnx]") from None
-    return onnxruntime
+        return ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                          "PERFORMANCE_HINT": "LATENCY"})
+    except Exception as exc:  # openvino raises its own RuntimeError subclasses
+        raise ExportError(f"openvino cannot compile {path}: {' '.join(str(exc).split())}"
+                          ) from None
 
 
 def resolve_provider(provider: str, device: torch.device) -> str:
@@ -124,14 +144,36 @@ class OnnxEncoders:
 
     def run(self, part: str, x: torch.Tensor) -> list[torch.Tensor]:
         """OUTPUT_NAMES[part] for a (B, 3, S, S) batch, float32 on x's device."""
-        session = self.sessions[part]
         host = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        rows = [session.run(list(OUTPUT_NAMES[part]), {INPUT_NAME: host[i: i + 1]})
-                for i in range(host.shape[0])]
+        rows = [self.run_one(part, host[i: i + 1]) for i in range(host.shape[0])]
         return [torch.from_numpy(np.concatenate([r[k] for r in rows])).to(x.device)
                 for k in range(len(OUTPUT_NAMES[part]))]
 
+    def run_one(self, part: str, image: np.ndarray) -> list[np.ndarray]:
+        """OUTPUT_NAMES[part] arrays for one (1, 3, S, S) float32 image."""
+        return self.sessions[part].run(list(OUTPUT_NAMES[part]), {INPUT_NAME: image})
+
+    def devices(self) -> dict[str, str]:
+        return {p: s.get_providers()[0] for p, s in self.sessions.items()}
+
     def describe(self) -> dict[str, Any]:
-        return {"runtime": self.name, "quantize": self.quantize,
-                "providers": {p: s.get_providers()[0] for p, s in self.sessions.items()},
+        return {"runtime": self.name, "quantize": self.quantize, "providers": self.devices(),
                 "exports": {p: str(r.folder) for p, r in self.records.items()}}
+
+
+@dataclass
+class OpenVinoEncoders(OnnxEncoders):
+    """The same validated fp32 exports run by OpenVINO on the CPU (sessions: part -> an
+    openvino CompiledModel, compile_openvino)."""
+
+    name: str = "openvino"
+
+    def run_one(self, part: str, image: np.ndarray) -> list[np.ndarray]:
+        compiled = self.sessions[part]
+        # One infer request per call: a CompiledModel's own call shares one request, which
+        # concurrent callers (training loaders, a node's worker) must not.
+        outputs = compiled.create_infer_request().infer({INPUT_NAME: image})
+        return [np.asarray(outputs[compiled.output(name)]) for name in OUTPUT_NAMES[part]]
+
+    def devices(self) -> dict[str, str]:
+        return {p: "openvino CPU" for p in self.sessions}

@@ -94,6 +94,14 @@ class ForwardOutput:
     logits: list[torch.Tensor] | None = None
 
 
+def _require_weights(module: nn.Module, name: str) -> None:
+    """RuntimeError (one line) for a frozen encoder whose weights were released because an
+    attached runtime runs it (export.release_torch_encoders leaves meta tensors)."""
+    if next(module.parameters()).is_meta:
+        raise RuntimeError(f"the PyTorch {name} was released (its runtime's export runs it); "
+                           "build the model with keep_torch_encoders to run it in PyTorch")
+
+
 class Talk2SAM(nn.Module):
     """Wires the parts; receives them built (build.py builds and loads them)."""
 
@@ -228,11 +236,13 @@ class Talk2SAM(nn.Module):
 
     def torch_encode_sam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """encode_sam in PyTorch: also the graph the ONNX export traces (export.py)."""
+        _require_weights(self.sam.image_encoder, "SAM-HQ image encoder")
         emb, interm = self.sam.image_encoder(x)
         return emb.float(), interm[0].float()
 
     def torch_encode_dino(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """encode_dino in PyTorch: also the graph the ONNX export traces (export.py)."""
+        _require_weights(self.dino, "DINOv2")
         patches, attn = self.dino(x)
         return patches.float(), attn.float()
 

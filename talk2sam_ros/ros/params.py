@@ -153,8 +153,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("dtype", "auto", "Inference dtype: auto (float16 on cuda, float32 otherwise), "
               "float32, float16 or bfloat16.", choices=DTYPES),
     ParamSpec("compile", False, "torch.compile the frozen image encoders (slow first frame)."),
-    ParamSpec("runtime", "torch", "Where the frozen image encoders run: torch, or onnxruntime "
-              "(validated ONNX exports in export_dir, made at the first configure).",
+    ParamSpec("runtime", "torch", "Where the frozen image encoders run: torch, onnxruntime or "
+              "openvino (CPU only); the last two run validated ONNX exports in export_dir, "
+              "made at the first configure.",
               choices=RUNTIMES),
     ParamSpec("runtime_provider", "auto", "ONNX Runtime execution provider: auto (cuda on a "
               "CUDA device, else cpu), cpu, cuda or tensorrt (these two need onnxruntime-gpu).",

@@ -50,7 +50,7 @@ class BenchConfig:
     dtype: str = "float32"  # float32 | float16 | bfloat16 (or fp32 / fp16 / bf16)
     sdpa: bool = True  # scaled_dot_product_attention in the encoders (where the model allows)
     compile: bool = False  # torch.compile the frozen image encoders
-    runtime: str = "torch"  # image encoders: torch | onnxruntime (side by side with torch)
+    runtime: str = "torch"  # image encoders: RUNTIMES (others side by side with torch)
     runs: int = 10
     warmup: int = 2
     image_size: tuple[int, int] = (640, 480)  # width, height of the benchmark frames
@@ -140,7 +140,8 @@ def build_predictor(cfg: BenchConfig) -> tuple[Any, Any, dict[str, str]]:
                          overrides={"compile": cfg.compile, "sam_sdpa": cfg.sdpa,
                                     "runtime": cfg.runtime})
     with _sdpa(cfg.sdpa):
-        loaded = load_for_inference(spec)
+        # The torch column of compare_runtimes runs this model's own PyTorch encoders.
+        loaded = load_for_inference(spec, keep_torch_encoders=cfg.runtime != "torch")
     files = {part: str(path) for part, path in loaded.checkpoints.items()}
     return loaded.model, Talk2SAMPredictor(loaded.model), files
 
@@ -463,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fused scaled-dot-product attention in the encoders")
     p.add_argument("--compile", action="store_true", help="torch.compile the image encoders")
     p.add_argument("--runtime", default=d.runtime, choices=RUNTIMES,
-                   help="image encoders' runtime; onnxruntime is also timed against torch")
+                   help="image encoders' runtime; onnxruntime / openvino are also timed "
+                   "against torch")
     p.add_argument("--runs", type=int, default=d.runs)
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--image-size", default="640x480", help="WxH of the frames (640x480)")

@@ -4,7 +4,8 @@ Builds the model the node would build (same options, same checkpoint resolution)
 SAM-HQ's image encoder and DINOv2 to ONNX in the weights cache (``<cache>/exports``), checks
 each new export against PyTorch on a real image and keeps it; valid exports are reused.
 ``--list`` shows what the export folder holds. The node does the same on configure with
-``runtime:=onnxruntime`` when an export is missing; this tool does it ahead of time.
+``runtime:=onnxruntime`` or ``runtime:=openvino`` (which runs the same files) when an export
+is missing; this tool does it ahead of time.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from talk2sam_ros.common.cli import run_cli
+from talk2sam_ros.common.cli import CliParser, run_cli
 from talk2sam_ros.model.config import CHECKPOINT_PARTS, PRESET_NAMES, RUNTIME_QUANTIZE
 from talk2sam_ros.model.errors import CheckpointError
 from talk2sam_ros.weights.registry import WeightsError
@@ -21,8 +22,8 @@ from talk2sam_ros.weights.resolve import InferenceSpec
 PROG = "talk2sam-export"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def build_parser() -> CliParser:
+    p = CliParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="", choices=("", *PRESET_NAMES),
                    help="model preset (default: the trained head's, checkpoint_talk2sam)")
     for part in CHECKPOINT_PARTS:
@@ -92,9 +93,9 @@ def _export(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Expected failures, one line each: missing or refused weights (WeightsError,
+    # Expected failures, one line each (exit 1): missing or refused weights (WeightsError,
     # CheckpointError, ExportError is one), bad option combinations (ValueError), an
-    # unwritable cache (OSError).
+    # unwritable cache (OSError); bad options are CliParser's UsageError (exit 2).
     return run_cli(PROG, lambda: _export(argv), (WeightsError, CheckpointError, ValueError,
                                                  OSError))
 

@@ -3,7 +3,7 @@
 Resolves the device and dtype ("auto" included), the checkpoint files (resolve_checkpoints),
 the model config (the preset, or the trained head's own config, whose architecture flags
 decide what it loads onto) and builds the model with build_talk2sam; runtime onnxruntime keeps
-its encoder exports in the weights cache (export_dir).
+its encoder exports in the weights cache (export_dir) and frees the PyTorch encoders' weights.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from talk2sam_ros.model import ModelConfig, Talk2SAM, build_talk2sam, get_preset
 from talk2sam_ros.model.build import trained_weights_config
 from talk2sam_ros.model.checkpoints import CheckpointError
 from talk2sam_ros.model.config import dtype_name
+from talk2sam_ros.model.export import release_torch_encoders
 from talk2sam_ros.weights.registry import cache_dir_path
 from talk2sam_ros.weights.resolve import InferenceSpec, resolve_checkpoints, resolve_given
 
@@ -70,12 +71,16 @@ def model_config_for(preset: str, head: Path | None) -> ModelConfig:
 
 
 def load_for_inference(spec: InferenceSpec, *, load_head: bool = True,
-                       progress: Callable[[str], None] | None = None) -> LoadedModel:
+                       progress: Callable[[str], None] | None = None,
+                       keep_torch_encoders: bool = False) -> LoadedModel:
     """Build the model `spec` describes, in eval mode on its device.
 
     load_head=False resolves and checks the trained head (its config decides the model) but
     leaves SAM-HQ's own decoder in place, for callers that compare both (talk2sam-eval).
     progress: called with one line per step of a first ONNX export (runtime onnxruntime).
+    With a runtime other than torch, the PyTorch image encoders' weights are released once
+    the validated exports are attached (RAM holds them once); keep_torch_encoders keeps them
+    for a side-by-side comparison on the same model (talk2sam-bench --runtime).
     Raises WeightsError (missing files), CheckpointError (unreadable or refused files;
     ExportError for ONNX exports) or ValueError (bad options), each with a one-line message.
     """
@@ -89,4 +94,8 @@ def load_for_inference(spec: InferenceSpec, *, load_head: bool = True,
     build_files = {k: str(v) for k, v in files.items() if load_head or k != "talk2sam"}
     model = build_talk2sam(config, checkpoints=build_files, device=device, dtype=dtype,
                            export_dir=export_dir_for(spec), progress=progress)
+    if model.image_runtime is not None and not keep_torch_encoders:
+        released = release_torch_encoders(model)
+        log.info("released the PyTorch weights of %s (the ONNX exports run them)",
+                 ", ".join(released))
     return LoadedModel(model, config, device, dtype, files)
