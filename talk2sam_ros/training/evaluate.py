@@ -84,7 +84,7 @@ class EvalConfig:
     dilation_ratio: float = 0.02
     grid_rows: int = 6
     device: str = "auto"
-    runtime: str = "torch"  # image encoders: torch | onnxruntime (ModelConfig.runtime)
+    runtime: str = "torch"  # image encoders: torch | onnxruntime | openvino (ModelConfig.runtime)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -377,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid_rows", type=int, default=6)
     p.add_argument("--device", default="auto")
     p.add_argument("--runtime", default="torch", choices=RUNTIMES,
-                   help="where the image encoders run (onnxruntime: validated ONNX exports)")
+                   help="where the image encoders run "
+                        "(onnxruntime, openvino: validated ONNX exports)")
     p.add_argument("--no_progress", action="store_true")
     return p
 
