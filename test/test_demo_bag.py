@@ -223,11 +223,16 @@ def _error_line(capsys) -> str:
     return err[0]
 
 
-def test_bad_bags_are_one_line_errors_before_any_node_starts(tmp_path, ros_domain, capsys):
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_bad_bags_are_one_line_errors_before_any_node_starts(storage, tmp_path, ros_domain,
+                                                             capsys):
     records, _ = recording(2, depth=True)
-    good = write_bag(tmp_path / "good", records, "mcap")
+    good = write_bag(tmp_path / "good", records, storage)
     garbage = tmp_path / "garbage.mcap"
     garbage.write_bytes(b"\x89MCAP0\r\n" + bytes(range(200)))  # a magic, then junk
+    damaged = write_bag(tmp_path / "damaged", records, storage)  # a bag, its data cut short
+    data = next(f for f in damaged.iterdir() if f.name != "metadata.yaml")
+    data.write_bytes(data.read_bytes()[:300])
     from rosbags.rosbag2 import Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -239,6 +244,7 @@ def test_bad_bags_are_one_line_errors_before_any_node_starts(tmp_path, ros_domai
     cases = [
         ([str(tmp_path / "absent"), COLOUR], "does not exist"),
         ([str(garbage), COLOUR], "cannot open bag"),
+        ([str(damaged), COLOUR], "cannot open bag"),
         ([str(good), "/camera/rgb"], f"no topic '/camera/rgb' (for --image-topic); its "
                                      f"topics: {DEPTH} (sensor_msgs/msg/Image)"),
         ([str(good), "/rosout_like"], "/rosout_like is std_msgs/msg/String, which cannot be "

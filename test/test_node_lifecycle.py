@@ -190,6 +190,29 @@ def test_activate_processes_compressed_frames_in_the_namespace(ros):
     assert set(np.unique(client.bridge.imgmsg_to_cv2(mask))) <= {0, 255}
 
 
+def test_a_malformed_compressed_frame_is_one_line_and_the_next_frame_is_answered(ros):
+    """OpenCV's PNG decoder logs its own [ WARN] / [ERROR] lines for every malformed frame,
+    unthrottled: the node's one rejection line must be all a bad frame leaves in the log."""
+    from sensor_msgs.msg import CompressedImage
+    from talk2sam_ros.tools.harness import stamped_header
+
+    client = ros.client
+    _reach(ros, "active")
+    assert client.wait_active(60)
+    before, rejected = len(ros.log_text()), int(_status(client, bool)["frames_rejected"])
+    broken = CompressedImage(header=stamped_header("camera"), format="png",
+                             data=b"\x89PNG\r\n\x1a\n" + b"0" * 50)  # no IHDR chunk
+    client.publish_image_msg(broken)
+    client.publish_prompt(7, "person", boxes=[10, 10, 80, 100])
+    _status(client, lambda s: int(s["frames_rejected"]) > rejected)  # (a standing prompt
+    # from an earlier test may answer it too: then it is rejected twice, logged once)
+    header, result = _segment(client, 8)
+    assert result is not None, ros.log_text()[-3000:]
+    new = ros.log_text()[before:]
+    assert "rejected frame" in new and "cannot decode compressed image" in new, new
+    assert "grfmt_png" not in new and "[ERROR" not in new and "[ WARN" not in new, new
+
+
 def test_deactivate_stops_processing_and_activate_resumes(ros):
     client = ros.client
     _reach(ros, "active")

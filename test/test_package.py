@@ -6,6 +6,7 @@ import importlib.metadata as md
 import re
 import shutil
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from rosutil import REPO
@@ -112,3 +113,21 @@ def test_ci_fails_when_no_test_is_collected():
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "collected no tests" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_the_tools_default_output_folders_are_git_ignored():
+    """Run from a checkout, no tool's default output may show up in `git status`."""
+    import subprocess
+
+    from talk2sam_ros.tools import bench, demo, transport
+    from talk2sam_ros.training.config import TrainConfig
+    from talk2sam_ros.training.evaluate import EvalConfig
+
+    assert demo.build_parser().get_default("out") is None  # then talk2sam_demo_<date-time>
+    outputs = [Path("talk2sam_demo_20260101_000000"), bench.BenchConfig().out,
+               Path(EvalConfig(sets=("folder:x:val",)).out_dir), Path(TrainConfig().out_dir),
+               transport.build_parser().get_default("out")]
+    probes = [str(folder / "result.json") for folder in outputs]
+    proc = subprocess.run(["git", "check-ignore", "--no-index", *probes], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert sorted(proc.stdout.split()) == sorted(probes), proc.stdout + proc.stderr

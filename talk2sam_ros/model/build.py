@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch

@@ -454,6 +454,11 @@ def main(args: list[str] | None = None) -> int:
     SIGINT/SIGTERM stop it with exit code 0: the first waits for the frame in progress
     (worker_stop_timeout_s), a second one stops waiting (docs/node.md, "Stopping").
     """
+    import cv2
+
+    # OpenCV's decoders log each malformed frame on stderr, unthrottled; the node's own
+    # rejection line (one per kind and period) already reports it.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     with ShutdownSignals(restore=False) as signals:
         rclpy.init(args=args)
         node = None

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
+from talk2sam_ros.common.cli import one_line
 from talk2sam_ros.common.timing import Stopwatch
 from talk2sam_ros.grasp import DepthPairing, Grasp, grasp_from_mask
 from talk2sam_ros.ros import conversions as conv
@@ -106,7 +107,8 @@ class Worker:
         try:
             self._process(job.frame, job.prompt, cfg)
         except (conv.InputRejected, ValueError) as exc:
-            self._reject("frames_rejected", f"frame {stamp_text(job.frame.stamp)}", str(exc))
+            self._reject("frames_rejected", f"frame {stamp_text(job.frame.stamp)}",
+                         one_line(exc))
         except torch.cuda.OutOfMemoryError:
             self._counters.add("out_of_memory")
             self._encoded = None
@@ -121,16 +123,15 @@ class Worker:
             self._counters.add("errors")
             self._encoded = None
             self._log.error(f"frame {stamp_text(job.frame.stamp)} failed: "
-                            f"{type(exc).__name__}: {exc}", throttle_duration_sec=LOG_PERIOD_S)
+                            f"{type(exc).__name__}: {one_line(exc)}",  # torch's messages span lines
+                            throttle_duration_sec=LOG_PERIOD_S)
 
     def _process(self, frame: Frame, prompt: Prompt | None, cfg: NodeConfig) -> None:
-        timing: list[tuple[str, float]] = []
-        clock = [time.perf_counter()]
+        timing: list[tuple[str, float]] = []  # (stage, ms) in order: the result's timings
+        watch = Stopwatch().start()
 
         def lap(stage: str) -> None:
-            now = time.perf_counter()
-            timing.append((stage, (now - clock[0]) * 1e3))
-            clock[0] = now
+            timing.append((stage, watch.lap()))
 
         if frame.rgb is None:
             frame.rgb = (conv.compressed_to_rgb(frame.image, self._bridge)
