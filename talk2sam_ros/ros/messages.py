@@ -133,6 +133,19 @@ def result_message(header: Header, prompt: Prompt, seg: Segmentation, kept: np.n
     return msg
 
 
+def diagnostics_values(counts: Mapping[str, int], predictor: Any, *, state: str,
+                       configure_error: str, device: str, worker: str,
+                       prompt: Prompt | None) -> dict[str, Any]:
+    """The values /diagnostics reports: the counters, the predictor's encode_count, the
+    lifecycle state, the last configure failure, the device, the worker's status, whether a
+    model is loaded and the standing prompt."""
+    return {**counts,
+            "encode_count": getattr(predictor, "encode_count", 0) if predictor else 0,
+            "state": state, "configure_error": configure_error, "device": device,
+            "worker": worker, "model_loaded": predictor is not None,
+            "prompt": "" if prompt is None else f"{prompt.id}: {prompt.text[:80]}"}
+
+
 def diagnostics_message(values: Mapping[str, Any], name: str,
                         stamp: Any) -> DiagnosticArray:
     """One DiagnosticStatus: ERROR after a failed configure (its reason as the message),

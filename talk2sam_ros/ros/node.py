@@ -1,7 +1,7 @@
 """talk2sam_node: the Talk2SAM lifecycle node (images + prompts in, masks and maps out).
 
-A thin adapter: parameters and topics (ros.params), which frame runs with which prompt
-(ros.scheduler), the worker thread that runs :class:`talk2sam_ros.model.Talk2SAMPredictor` and
+A thin adapter: parameters and topics (ros.params), incoming messages checked and their QoS
+(ros.inputs), which frame runs with which prompt (ros.scheduler), the worker thread that runs :class:`talk2sam_ros.model.Talk2SAMPredictor` and
 publishes (ros.worker, ros.messages). Behaviour is documented in docs/node.md. The executor
 runs the subscription, service and timer callbacks, which only check and store messages.
 """
@@ -16,12 +16,10 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.event_handler import QoSMessageLostInfo, SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
@@ -35,20 +33,18 @@ from talk2sam_ros.model.errors import CheckpointError
 from talk2sam_ros.msg import TextBoxPrompt
 from talk2sam_ros.ros import conversions as conv
 from talk2sam_ros.ros import grasp3d_messages as gm
+from talk2sam_ros.ros import inputs
 from talk2sam_ros.ros import messages as build
 from talk2sam_ros.ros import rgbd
 from talk2sam_ros.ros.counters import Counters, Throttle, reason_kind
 from talk2sam_ros.ros.params import (DIAGNOSTICS_TOPIC, NODE_NAME, PARAM_BY_NAME, PARAMS,
                                      PUBLICATIONS, RGBD_PUBLICATIONS, TOPIC_BY_NAME, NodeConfig,
                                      change_problem, node_config_from_params)
-from talk2sam_ros.ros.scheduler import UNSTAMPED, Prompt, Request, Scheduler, Stamp
-from talk2sam_ros.ros.worker import LOG_PERIOD_S, Worker, stamp_text
+from talk2sam_ros.ros.scheduler import UNSTAMPED, Prompt, Request, Scheduler
+from talk2sam_ros.ros.worker import LOG_PERIOD_S, Worker, load_predictor
 from talk2sam_ros.weights.registry import WeightsError
 
-CATEGORY_PROMPT_ID = -1  # prompts from `category` (text only) carry this id in their results
 _MAX_REQUESTS = 16  # stamped prompts queued for the worker / held for their frame
-_PROMPT_QOS = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST,  # small commands: a deep
-                         reliability=ReliabilityPolicy.RELIABLE)      # queue loses no burst
 
 
 class Talk2SAMNode(LifecycleNode):
@@ -82,7 +78,7 @@ class Talk2SAMNode(LifecycleNode):
         self._counters = Counters()
         self._throttle = Throttle(LOG_PERIOD_S)  # rejection lines: one per kind and period
         self._scheduler = Scheduler(self._counters, max_requests=_MAX_REQUESTS)
-        self._last_text: str | None = None  # of the last prompt logged (executor thread)
+        self._prompt_log = inputs.PromptLog(self.get_logger())
         self._pairing: DepthPairing | None = None  # use_depth: depth + camera_info by stamp
         self._gaps = SequenceGaps()  # image publishers' sequence numbers (since activation)
         self._worker: Worker | None = None
@@ -137,7 +133,7 @@ class Talk2SAMNode(LifecycleNode):
                 raise ValueError("the previous activation's worker is still running a frame "
                                  "(worker_stop_timeout_s); configure again once it has ended")
             cfg = self.read_config()
-            self._load_model(cfg)
+            self._predictor, self._device = load_predictor(cfg, self.get_logger())
         except Exception as exc:  # bad parameters or files, CUDA errors: stay unconfigured
             expected = isinstance(exc, (ValueError, CheckpointError, WeightsError))
             self._configure_error = f"{'' if expected else type(exc).__name__ + ': '}" \
@@ -147,7 +143,7 @@ class Talk2SAMNode(LifecycleNode):
             self._publish_diagnostics()
             return TransitionCallbackReturn.FAILURE
         self._configure_error = ""
-        out_qos = _qos(cfg.qos_depth, cfg.output_qos_reliability)
+        out_qos = inputs.qos_profile(cfg.qos_depth, cfg.output_qos_reliability)
         self._pubs = {name: self.create_lifecycle_publisher(
             build.message_class(TOPIC_BY_NAME[name].msg_type), name, out_qos)
             for name in PUBLICATIONS + (RGBD_PUBLICATIONS if cfg.use_depth else ())}
@@ -168,24 +164,9 @@ class Talk2SAMNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._counters.reset()
         self._gaps = SequenceGaps()
-        # compressed: `<resolved image>/compressed`, as image_transport names it
-        image_type, image_topic = ((CompressedImage, self.resolve_topic_name("image")
-                                    + "/compressed") if cfg.image_transport == "compressed"
-                                   else (Image, "image"))
-        image_qos = _qos(cfg.qos_depth, cfg.qos_reliability)
-        self._subs = [
-            self.create_subscription(image_type, image_topic, self._on_image, image_qos,
-                                     event_callbacks=self._lost_events(
-                                         "frames_lost_in_transport", "image frame")),
-            self.create_subscription(TextBoxPrompt, "prompt", self._on_prompt, _PROMPT_QOS),
-            self.create_subscription(String, "category", self._on_category, _PROMPT_QOS)]
-        if self._pairing is not None:  # use_depth
-            self._subs += [
-                self.create_subscription(Image, "depth", self._on_depth, image_qos,
-                                         event_callbacks=self._lost_events(
-                                             "depth_lost_in_transport", "depth frame")),
-                self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
-                                         image_qos)]
+        self._subs = inputs.subscribe(self, cfg, self._warn, image=self._on_image,
+                                      prompt=self._on_prompt, category=self._on_category,
+                                      depth=self._on_depth, camera_info=self._on_camera_info)
         clock = self.get_clock()
         self._worker = Worker(self._scheduler, self._predictor, self._pubs, self._bridge,
                               self._counters, self.get_logger(), lambda: self._cfg,
@@ -243,21 +224,6 @@ class Talk2SAMNode(LifecycleNode):
                                     "send the configure transition again")
             return
         self.trigger_activate()
-
-    def _load_model(self, cfg: NodeConfig) -> None:
-        from talk2sam_ros.model import Talk2SAMPredictor
-        from talk2sam_ros.weights.inference import load_for_inference
-
-        loaded = load_for_inference(cfg.inference_spec,
-                                    progress=self.get_logger().info)  # ONNX export steps
-        self._device = loaded.device
-        self._predictor = Talk2SAMPredictor(loaded.model, text_cache_size=cfg.text_cache_size)
-        for part, path in loaded.checkpoints.items():
-            self.get_logger().info(f"{part}: {path}")
-        if cfg.preset != "tiny" and "talk2sam" not in loaded.checkpoints:
-            self.get_logger().warning(
-                "checkpoint_talk2sam is not set: the mask-prompt encoder is SAM-HQ's own "
-                "(zero-shot); set it to a talk2sam-train output for trained results")
 
     def _worker_running(self) -> bool:
         if self._worker is not None and not self._worker.alive:
@@ -317,16 +283,6 @@ class Talk2SAMNode(LifecycleNode):
         if self._throttle.allow((counter, kind or reason_kind(line)), time.monotonic()):
             self.get_logger().warning(line)
 
-    def _lost_events(self, counter: str, what: str) -> SubscriptionEventCallbacks:
-        """DDS's message_lost event of a subscription, counted and logged (docs/transport.md)."""
-        def lost(info: QoSMessageLostInfo) -> None:
-            if info.total_count_change > 0:
-                self._warn(counter, f"{info.total_count_change} {what}(s) lost in transport "
-                           f"({info.total_count} since the subscription started): the "
-                           "publisher needs the Fast DDS image profile, see docs/transport.md",
-                           kind="lost", count=info.total_count_change)
-        return SubscriptionEventCallbacks(message_lost=lost)
-
     def _on_image(self, msg: Image | CompressedImage, info: MessageInfo) -> None:
         self._counters.add("frames_received")
         sequence = info.get("publication_sequence_number")
@@ -335,16 +291,12 @@ class Talk2SAMNode(LifecycleNode):
             if skipped:
                 self._counters.add("frames_missing_by_sequence", skipped)
         try:
-            if isinstance(msg, CompressedImage):
-                if len(msg.data) == 0:
-                    raise conv.InputRejected("compressed image has no data")
-            else:
-                conv.check_image(msg, self._bridge)
+            inputs.check_frame(msg, self._bridge)
         except conv.InputRejected as exc:
             self._reject("images_rejected", "image", str(exc))
             return
         for prompt in self._scheduler.add_frame(conv.stamp_key(msg.header), msg.header, msg):
-            self._log_missed(prompt)
+            self._prompt_log.missed(prompt)
 
     def _on_depth(self, msg: Image) -> None:
         # checked on the worker with its frame (depth_for_frame): a bad one gives bad_depth
@@ -360,54 +312,35 @@ class Talk2SAMNode(LifecycleNode):
         cfg = self._cfg
         assert cfg is not None
         try:
-            text = conv.clean_text(msg.text, cfg.max_text_length)
-            boxes = conv.boxes_from_msg(msg.boxes, cfg.max_boxes)
+            prompt, stamp = inputs.prompt_from_msg(msg, cfg)
         except conv.InputRejected as exc:
             self._reject("prompts_rejected", f"prompt {msg.id}", str(exc))
             return
-        prompt = Prompt(int(msg.id), text, boxes, msg.header.frame_id)
-        stamp = conv.stamp_key(msg.header)
         if stamp == UNSTAMPED:
-            self._set_standing(prompt if text else None)
-        elif not text:
+            self._set_standing(prompt if prompt.text else None)
+        elif not prompt.text:
             self.get_logger().debug(f"prompt {msg.id}: empty text for one frame: nothing to do")
         else:
-            self._log_prompt(prompt, stamp)
+            self._prompt_log.received(prompt, stamp)
             if self._scheduler.request(prompt, stamp) is Request.MISSED:
-                self._log_missed(prompt, stamp)
+                self._prompt_log.missed(prompt, stamp)
 
     def _on_category(self, msg: String) -> None:
         self._counters.add("prompts_received")
         cfg = self._cfg
         assert cfg is not None
         try:
-            text = conv.clean_text(msg.data, cfg.max_text_length)
+            prompt = inputs.category_prompt(msg, cfg)
         except conv.InputRejected as exc:
             self._reject("prompts_rejected", "category", str(exc))
             return
-        self._set_standing(Prompt(CATEGORY_PROMPT_ID, text) if text else None)
+        self._set_standing(prompt)
 
     def _set_standing(self, prompt: Prompt | None) -> None:
         if self._scheduler.set_standing(prompt) is not None and prompt is None:
             self.get_logger().info("prompt cleared")
         if prompt is not None:
-            self._log_prompt(prompt, UNSTAMPED)
-
-    def _log_prompt(self, prompt: Prompt, stamp: Stamp) -> None:
-        # A detector re-sends its boxes every frame: log the text when it changes, the rest at
-        # debug level so 30 Hz prompts do not flood the console.
-        line = (f"prompt {prompt.id}: {prompt.text[:80]!r}, "
-                f"{0 if prompt.boxes is None else len(prompt.boxes)} box(es)"
-                + ("" if stamp == UNSTAMPED else f" for frame {stamp_text(stamp)}"))
-        changed, self._last_text = prompt.text != self._last_text, prompt.text
-        (self.get_logger().info if changed else self.get_logger().debug)(line)
-
-    def _log_missed(self, prompt: Prompt, stamp: Stamp | None = None) -> None:
-        frame = "its frame" if stamp is None else f"frame {stamp_text(stamp)}"
-        self.get_logger().warning(
-            f"prompt {prompt.id}: {frame} is not among the cached frames (it came and went, "
-            "or never arrived): not applied to any other frame",
-            throttle_duration_sec=LOG_PERIOD_S)
+            self._prompt_log.received(prompt, UNSTAMPED)
 
     # ------------------------------------------------------------------ diagnostics
     def _set_diagnostics_period(self, period_s: float) -> None:
@@ -423,29 +356,17 @@ class Talk2SAMNode(LifecycleNode):
         and, while unconfigured after a failed configure, its reason (configure_error); the
         worker (none, idle, busy, or stopping: stopped but still running a frame) and
         whether a model is loaded."""
-        values: dict[str, Any] = self._counters.snapshot()
-        predictor = self._predictor
-        values["encode_count"] = getattr(predictor, "encode_count", 0) if predictor else 0
-        values["state"] = self._state
-        values["configure_error"] = self._configure_error
-        values["device"] = self._device
-        values["worker"] = "none" if self._worker is None else self._worker.status
-        values["model_loaded"] = predictor is not None
-        prompt = self._scheduler.standing
-        values["prompt"] = "" if prompt is None else f"{prompt.id}: {prompt.text[:80]}"
-        return values
+        return build.diagnostics_values(
+            self._counters.snapshot(), self._predictor, state=self._state,
+            configure_error=self._configure_error, device=self._device,
+            worker="none" if self._worker is None else self._worker.status,
+            prompt=self._scheduler.standing)
 
     def _publish_diagnostics(self) -> None:
         self._reap()
         self._diag_pub.publish(build.diagnostics_message(
             self.diagnostics(), f"talk2sam: {self.get_fully_qualified_name()}",
             self.get_clock().now().to_msg()))
-
-
-def _qos(depth: int, reliability: str) -> QoSProfile:
-    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
-                      reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable"
-                      else ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
 
 
 def main(args: list[str] | None = None) -> int:

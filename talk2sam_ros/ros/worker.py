@@ -32,6 +32,22 @@ def stamp_text(stamp: Stamp) -> str:
     return f"{stamp[0]}.{stamp[1]:09d}"
 
 
+def load_predictor(cfg: NodeConfig, logger: Any) -> tuple[Any, str]:
+    """(Talk2SAMPredictor, device) for the node's configuration: the one load_for_inference,
+    its checkpoints and ONNX export steps logged. Raises what load_for_inference raises."""
+    from talk2sam_ros.model import Talk2SAMPredictor  # torch: only when a model is loaded
+    from talk2sam_ros.weights.inference import load_for_inference
+
+    loaded = load_for_inference(cfg.inference_spec, progress=logger.info)
+    for part, path in loaded.checkpoints.items():
+        logger.info(f"{part}: {path}")
+    if cfg.preset != "tiny" and "talk2sam" not in loaded.checkpoints:
+        logger.warning("checkpoint_talk2sam is not set: the mask-prompt encoder is SAM-HQ's "
+                       "own (zero-shot); set it to a talk2sam-train output for trained results")
+    predictor = Talk2SAMPredictor(loaded.model, text_cache_size=cfg.text_cache_size)
+    return predictor, loaded.device
+
+
 class Worker:
     """Runs jobs from `scheduler` on `predictor`, publishing on `publishers` (name -> lifecycle
     publisher, the node's outputs).

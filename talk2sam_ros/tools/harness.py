@@ -53,6 +53,7 @@ from talk2sam_ros.model.config import dtype_name
 from talk2sam_ros.msg import TextBoxPrompt
 from talk2sam_ros.ros import conversions as conv
 from talk2sam_ros.ros import grasp3d_messages as gm
+from talk2sam_ros.ros.inputs import CATEGORY_PROMPT_ID  # the node answers `category` with it
 from talk2sam_ros.ros.messages import message_class
 from talk2sam_ros.ros.params import (DIAGNOSTICS_TOPIC, NODE_NAME, PUBLICATIONS, RGBD_PUBLICATIONS,
                                      TOPIC_BY_NAME)
@@ -66,7 +67,6 @@ OUTPUT_TYPES: dict[str, type] = {
     topic: message_class(TOPIC_BY_NAME[topic].msg_type) for topic in PUBLICATIONS}
 RGBD_OUTPUT_TYPES: dict[str, type] = {
     topic: message_class(TOPIC_BY_NAME[topic].msg_type) for topic in RGBD_PUBLICATIONS}
-CATEGORY_PROMPT_ID = -1  # the node answers `category` prompts with this id
 # Top-level stages of SegmentationResult.timing that are model work; every other top-level
 # lap (convert, publish_masks, grasp, overlay, ...) is the node's own overhead.
 MODEL_STAGES = ("encode_image", "predict", "debug_delay")
