@@ -236,17 +236,23 @@ def decode_items(items: Sequence[SpokenItem], vocab: Vocabulary, mode: str,
     return decoded.published, decoded.candidates
 
 
-# name -> (recogniser config, rescore); the rows of the tables.
-SYSTEMS: dict[str, tuple[RecognizerConfig, bool]] = {
-    "whisper": (RecognizerConfig(), True),
-    "whisper-nearest": (RecognizerConfig(), False),
-    "whisper-open": (RecognizerConfig(mode="open"), True),
-    "pocketsphinx": (RecognizerConfig(backend="pocketsphinx"), True),
-    "pocketsphinx-open": (RecognizerConfig(backend="pocketsphinx", mode="open"), True),
+# name -> (recogniser config, Whisper decode settings or None for the defaults): the rows of
+# the tables. "whisper-spelling" is the first round's default (candidates by spelling, the
+# confidence over the whole sentence), for comparison in the same run.
+SYSTEMS: dict[str, tuple[RecognizerConfig, dict | None]] = {
+    "whisper": (RecognizerConfig(), None),
+    "whisper-spelling": (RecognizerConfig(), {"by_sound": False, "verb_weight": 1.0}),
+    "whisper-nearest": (RecognizerConfig(), {"rescore": False}),
+    "whisper-open": (RecognizerConfig(mode="open"), None),
+    "pocketsphinx": (RecognizerConfig(backend="pocketsphinx"), None),
+    "pocketsphinx-open": (RecognizerConfig(backend="pocketsphinx", mode="open"), None),
 }
 DESCRIPTIONS = {
-    "whisper": "whisper, constrained (prompt + n-best + decoder rescoring; default)",
-    "whisper-nearest": "whisper, prompt + nearest command by spelling (no rescoring)",
+    "whisper": "whisper, constrained (prompt + n-best + candidates by sound + decoder "
+               "rescoring; default)",
+    "whisper-spelling": "whisper, first round (candidates by spelling, whole-sentence "
+                        "confidence)",
+    "whisper-nearest": "whisper, prompt + nearest command by sound (no rescoring)",
     "whisper-open": "whisper, open vocabulary (category found in the text)",
     "pocketsphinx": "pocketsphinx grammar",
     "pocketsphinx-open": "pocketsphinx open vocabulary",
@@ -256,12 +262,12 @@ DESCRIPTIONS = {
 def build_system(name: str, vocab: Vocabulary):
     from talk2sam_ros.speech.backends import build_recognizer
 
-    config, rescore = SYSTEMS[name]
-    if not rescore:
-        from talk2sam_ros.speech.whisper import DecodeSettings, WhisperRecognizer
+    config, settings = SYSTEMS[name]
+    if settings is None:
+        return build_recognizer(vocab, config)
+    from talk2sam_ros.speech.whisper import DecodeSettings, WhisperRecognizer
 
-        return WhisperRecognizer(vocab, config, DecodeSettings(rescore=False))
-    return build_recognizer(vocab, config)
+    return WhisperRecognizer(vocab, config, DecodeSettings(**settings))
 
 
 def evaluate(systems: Sequence[str], noises: Sequence[str], voices_per_text: int,
