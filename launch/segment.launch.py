@@ -3,11 +3,16 @@
     ros2 launch talk2sam_ros segment.launch.py image_topic:=/camera/color/image_raw
     ros2 launch talk2sam_ros segment.launch.py preset:=tiny use_rviz:=false   # no weight files
     ros2 launch talk2sam_ros segment.launch.py params_file:=/path/my_talk2sam.yaml namespace:=arm
+    ros2 launch talk2sam_ros segment.launch.py image_topic:=/camera/color/image_raw \
+        use_depth:=true depth_topic:=/camera/aligned_depth_to_color/image_raw \
+        camera_info_topic:=/camera/color/camera_info                    # RGB-D grasp pose
 
 Node parameters come from `params_file` (default: the installed config/talk2sam.yaml); the
-preset/device/checkpoint arguments override it only when given (empty = keep the file's value).
+preset/device/checkpoint/use_depth arguments override it only when given (empty = keep the
+file's value). The started nodes get the Fast DDS image profile (`fastdds_profile`).
 """
 import os
+from pathlib import Path
 
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 
@@ -26,6 +31,13 @@ ARGUMENTS = [
     ("prompt_topic", "", "TextBoxPrompt topic remapped onto `prompt`; empty = `prompt`."),
     ("category_topic", "", "std_msgs/String text-only prompt topic remapped onto `category`; "
      "empty = `category`."),
+    ("use_depth", "", "RGB-D grasp: true subscribes to `depth` and `camera_info` and publishes "
+     "grasp_pose, grasp_markers, object_points (docs/grasp.md); empty = the params file's "
+     "value."),
+    ("depth_topic", "", "Depth image registered to the colour image, remapped onto `depth` "
+     "(e.g. /camera/aligned_depth_to_color/image_raw); empty = `depth`."),
+    ("camera_info_topic", "", "The colour camera's CameraInfo remapped onto `camera_info` "
+     "(e.g. /camera/color/camera_info); empty = `camera_info`."),
     ("preset", "", "Model preset tiny|t|b|l|h; empty = the params file's value "
      "(tiny runs without weight files)."),
     ("device", "", "Torch device auto|cpu|cuda|cuda:N; empty = the params file's value."),
@@ -45,6 +57,9 @@ ARGUMENTS = [
     ("speech_params_file", "", "Speech node parameters YAML; empty = the installed "
      "config/speech.yaml."),
     ("log_level", "info", "Log level of the nodes (debug, info, warn, error)."),
+    ("fastdds_profile", "", "Fast DDS profile of the started nodes (docs/transport.md): empty = "
+     "the user's $FASTDDS_DEFAULT_PROFILES_FILE / $FASTRTPS_DEFAULT_PROFILES_FILE if set, else "
+     "the installed config/fastdds_images.xml; a file path; none = Fast DDS's defaults."),
 ]
 # Launch argument -> node parameter it overrides (string parameters, applied when non-empty).
 PARAM_ARGS = {
@@ -57,14 +72,32 @@ PARAM_ARGS = {
     "checkpoint_talk2sam": "checkpoint_talk2sam",
 }
 # Launch argument -> the node's relative topic name it remaps (when non-empty).
-REMAP_ARGS = {"image_topic": "image", "prompt_topic": "prompt", "category_topic": "category"}
-# Arguments used by the launch file itself.
+REMAP_ARGS = {"image_topic": "image", "prompt_topic": "prompt", "category_topic": "category",
+              "depth_topic": "depth", "camera_info_topic": "camera_info"}
+# Arguments used by the launch file itself (use_depth: a bool parameter, converted here).
 LAUNCH_ARGS = ("namespace", "params_file", "use_rviz", "use_speech", "speech_params_file",
-               "log_level")
+               "log_level", "use_depth", "fastdds_profile")
 
 
 def _true(value: str) -> bool:
     return value.strip().lower() in ("true", "1", "yes", "on")
+
+
+def node_environment(fastdds_profile: str, base: dict) -> dict:
+    """The environment of the started nodes: `base` with the Fast DDS profile variable of
+    this distribution set to the chosen profile ("" = the user's own if `base` has one, else
+    the installed config/fastdds_images.xml; "none" = removed: Fast DDS's defaults; else a
+    file). A whole environment (Node's `env`), because "none" must remove a variable, which
+    `additional_env` cannot. Raises FileNotFoundError for a profile file that is not there."""
+    from talk2sam_ros.common.transport import chosen_profile, profile_environment
+
+    value = fastdds_profile.strip()
+    if value.lower() == "none":
+        return profile_environment(None, base)
+    profile = Path(value).expanduser() if value else chosen_profile(base)
+    if not profile.is_file():
+        raise FileNotFoundError(f"fastdds_profile: {str(profile)!r} is not a file")
+    return profile_environment(profile, base)
 
 
 def rviz_available() -> bool:
@@ -87,18 +120,21 @@ def _setup(context, *args, **kwargs):
     share = get_package_share_directory(PACKAGE)
     params_file = arg("params_file") or os.path.join(share, "config", "talk2sam.yaml")
     overrides = {param: arg(name) for name, param in PARAM_ARGS.items() if arg(name)}
+    if arg("use_depth"):
+        overrides["use_depth"] = _true(arg("use_depth"))
     remaps = [(topic, arg(name)) for name, topic in REMAP_ARGS.items() if arg(name)]
     namespace = arg("namespace")
     ros_args = ["--log-level", arg("log_level")]
+    env = node_environment(arg("fastdds_profile"), dict(context.environment))
     actions = [Node(package=PACKAGE, executable="talk2sam_node", name=NODE_NAME,
                     namespace=namespace, parameters=[params_file, overrides],
                     remappings=remaps, ros_arguments=ros_args, output="screen",
-                    emulate_tty=True)]
+                    emulate_tty=True, env=env)]
     if _true(arg("use_rviz")) and rviz_available():
         # The rviz config uses relative topics, so rviz runs in the same namespace and with
         # the same `image` remapping as the node.
         actions.append(Node(package="rviz2", executable="rviz2", name="talk2sam_rviz",
-                            namespace=namespace, remappings=remaps, output="screen",
+                            namespace=namespace, remappings=remaps, output="screen", env=env,
                             arguments=["-d", os.path.join(share, "config", "talk2sam.rviz")]))
     elif _true(arg("use_rviz")):
         # Starting it anyway fails ("package 'rviz2' not found"): launch exits 1 and leaves
@@ -111,7 +147,7 @@ def _setup(context, *args, **kwargs):
                             name="talk2sam_speech", namespace=namespace,
                             parameters=[speech_params], ros_arguments=ros_args,
                             remappings=[r for r in remaps if r[0] == "category"],
-                            output="screen", emulate_tty=True))
+                            output="screen", emulate_tty=True, env=env))
     return actions
 
 

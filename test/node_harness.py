@@ -22,12 +22,14 @@ from std_msgs.msg import Header
 from talk2sam_ros.ros.conversions import stamp_key as key
 from talk2sam_ros.tools.harness import OUTPUT_TYPES as OUTPUTS
 from talk2sam_ros.tools.harness import RELIABLE as QOS
+from talk2sam_ros.tools.harness import RGBD_OUTPUT_TYPES as RGBD_OUTPUTS
 from talk2sam_ros.tools.harness import START_TIMEOUT_S as START_TIMEOUT
 from talk2sam_ros.tools.harness import (NodeClient, loopback_environment, node_command,
                                         stamped_header, start_process)
 
-__all__ = ["OUTPUTS", "QOS", "START_TIMEOUT", "Client", "RunningNode", "key", "module_domain",
-           "ros_environment", "running_node", "sample_picture", "stamped_header", "start_node"]
+__all__ = ["OUTPUTS", "QOS", "RGBD_OUTPUTS", "START_TIMEOUT", "Client", "RunningNode", "key",
+           "module_domain", "ros_environment", "running_node", "sample_picture",
+           "stamped_header", "start_node", "unsubscribed"]
 
 
 def module_domain(salt: int) -> int:
@@ -83,6 +85,25 @@ def running_node(domain: int, log: Path, start: Callable[[], subprocess.Popen],
                 assert code == 0, log.read_text()[-3000:]
 
 
+@contextmanager
+def unsubscribed(client: NodeClient, topics: tuple[str, ...]) -> Iterator[None]:
+    """Without the client's subscriptions to these outputs (so the node stops computing
+    them) inside the block; afterwards recorded again as before. Bounded waits."""
+    for sub in [s for s in client.node.subscriptions if s.topic_name.lstrip("/") in topics]:
+        client.node.destroy_subscription(sub)
+    try:
+        assert client.spin_until(lambda: all(client.node.count_subscribers(f"/{t}") == 0
+                                             for t in topics), 10)
+        client.spin_for(0.5)  # let the node's graph cache see the subscriptions go
+        yield
+    finally:
+        for topic in topics:
+            client.listen(topic)
+        assert client.spin_until(lambda: all(client.node.count_subscribers(f"/{t}") == 1
+                                             for t in topics), 10)
+        client.spin_for(0.5)
+
+
 def sample_picture(height: int = 120, width: int = 160) -> np.ndarray:
     """scikit-image's CC0 astronaut, resized to a small non-square RGB frame."""
     import cv2
@@ -92,15 +113,17 @@ def sample_picture(height: int = 120, width: int = 160) -> np.ndarray:
 
 
 class Client(NodeClient):
-    """The harness's NodeClient listening to every output, publishing bgr8 by default."""
+    """The harness's NodeClient listening to every output (rgbd: the 3D ones too, for a node
+    with use_depth), publishing bgr8 by default."""
 
     def __init__(self, context, namespace: str = "", image_topic: str = "image",
-                 compressed: bool = False, node_name: str = "talk2sam") -> None:
+                 compressed: bool = False, node_name: str = "talk2sam",
+                 rgbd: bool = False) -> None:
         super().__init__(context, namespace=namespace, node_name=node_name,
-                         image_topic=image_topic, compressed=compressed, outputs=OUTPUTS,
+                         image_topic=image_topic, compressed=compressed,
+                         outputs=[*OUTPUTS, *(RGBD_OUTPUTS if rgbd else ())],
                          name="talk2sam_test_client")
 
     def publish_image(self, rgb: np.ndarray, encoding: str = "bgr8",
                       header: Header | None = None) -> Header:
         return super().publish_image(rgb, encoding, header)
-

@@ -178,3 +178,96 @@ def test_prompt_schedules(tmp_path):
     with pytest.raises(BagError, match="cannot read"):
         load_prompt_schedule(tmp_path / "absent.yaml")
     assert prompt_schedule([{"text": "cable"}], "cli")[0].at_s == 0.0
+
+
+# ---------------------------------------------------------------------------- playback plan
+def _played(recording: list[tuple[str, int, object]]) -> list:
+    from talk2sam_ros.tools.bags import BagMessage
+
+    roles = {"/camera/color/image_raw": "image", "/camera/color/camera_info": "camera_info",
+             "/camera/aligned_depth_to_color/image_raw": "depth"}
+    return [BagMessage(roles[t], t, ns, msg) for t, ns, msg in recording if t in roles]
+
+
+def test_each_frame_is_played_after_the_depth_recorded_around_it():
+    """Depth recorded after its colour frame goes out before that frame (the node pairs it
+    then); what came before the first frame goes with the first."""
+    from talk2sam_ros.tools.bags import play_frames
+
+    msgs = _played(_recording(3))
+    early = _played(_recording(1))[2]  # a camera_info recorded before the first image
+    frames = list(play_frames([early, *msgs], start_ns=msgs[0].time_ns))
+    assert [f.index for f in frames] == [0, 1, 2]
+    assert [f.image.msg.header.stamp.sec for f in frames] == [1_700_000_000 + i for i in range(3)]
+    assert [[m.role for m in f.companions] for f in frames] == \
+        [["camera_info", "depth", "camera_info"], ["depth", "camera_info"],
+         ["depth", "camera_info"]]
+    assert all(m.msg.header.stamp.sec == f.image.msg.header.stamp.sec
+               for f in frames for m in f.companions[-2:])
+    assert [f.at_s for f in frames] == [0.0, 1.0, 2.0]
+    assert list(play_frames(iter(()), 0)) == []
+
+
+def test_unstamped_frames_are_played_at_their_recorded_time():
+    from talk2sam_ros.tools.bags import BagMessage, played_stamp
+
+    msg = BagMessage("image", "/image", 1_700_000_003_250_000_000, _image(0))
+    msg.msg.header.stamp.sec = msg.msg.header.stamp.nanosec = 0
+    assert played_stamp(msg) == (1_700_000_003, 250_000_000)
+    assert (msg.msg.header.stamp.sec, msg.msg.header.stamp.nanosec) == (1_700_000_003,
+                                                                        250_000_000)
+    stamped = BagMessage("image", "/image", 5, _image(1))
+    assert played_stamp(stamped) == (1_700_000_001, 250_000_000)  # the recorded header wins
+
+
+def test_frame_plan_skips_unprompted_repeated_and_rejected_frames():
+    from talk2sam_ros.ros.conversions import make_bridge
+    from talk2sam_ros.tools.bags import play_frames
+    from talk2sam_ros.tools.bag_player import image_check, plan_frames
+
+    msgs = [m for m in _played(_recording(6)) if m.role == "image"]
+    msgs[3].msg.header.stamp.sec = msgs[2].msg.header.stamp.sec  # a repeated stamp
+    msgs[4].msg.encoding = "yuv422"  # unsupported by the node
+    schedule = prompt_schedule([{"t": 0.5, "text": "cable"}, {"t": 4.5, "text": "rope"}], "x")
+    items = list(plan_frames(play_frames(msgs, msgs[0].time_ns), schedule, png_every=2,
+                             check=image_check(make_bridge())))
+    assert [i.status for i in items] == ["no_prompt", "played", "played",
+                                         "stamp_not_increasing", "rejected", "played"]
+    assert [i.prompt_id for i in items] == [0, 1, 1, 1, 1, 2]
+    assert "yuv422" in items[4].reason
+    assert [i.png for i in items] == [False, True, False, False, False, True]
+    first_two = list(plan_frames(play_frames(msgs, msgs[0].time_ns), schedule, max_frames=2))
+    assert [i.status for i in first_two] == ["no_prompt", "played", "played"]
+    item = items[2]
+    item.release()
+    assert item.frame.image.msg is None and item.frame.image.time_ns == msgs[2].time_ns
+    items[1].release()
+    assert items[1].frame.image.msg is not None  # kept for its PNGs
+
+
+def test_outputs_are_recorded_at_their_source_frames_time(tmp_path):
+    """The recorder writes an output (MarkerArray included: its stamp is on its markers) at
+    the recorded time of the frame it answers, under the output namespace; an output for a
+    frame it was not told about is counted, not written."""
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    from talk2sam_ros.tools.bags import OutputRecorder, namespaced
+    from talk2sam_ros.tools.harness import Received
+
+    assert namespaced("", "mask") == "/mask" and namespaced("/arm/", "image/compressed") == \
+        "/arm/image/compressed"
+    mask = Image(header=_header(0), height=6, width=8, encoding="mono8", step=8, data=bytes(48))
+    markers = MarkerArray(markers=[Marker(header=_header(0), ns="p1")])
+    with OutputBag(tmp_path / "out") as bag:
+        rec = OutputRecorder(bag, "arm")
+        rec.expect((1_700_000_000, 250_000_000), 42)
+        for topic, msg in (("mask", mask), ("grasp_markers", markers),
+                           ("mask", Image(header=_header(5)))):
+            rec(Received(topic, msg, 0.0))
+        rec.write_input("image", _image(0), 42)
+    assert rec.unplaced == 1
+    back = read_bag(tmp_path / "out")
+    assert sorted(back) == ["/arm/grasp_markers", "/arm/image", "/arm/mask"]
+    assert [t for t, _ in back["/arm/mask"]] == [42]
+    (t, m), = back["/arm/grasp_markers"]
+    assert t == 42 and m.markers[0].header.stamp.sec == 1_700_000_000

@@ -57,6 +57,12 @@ def test_quick_tiny_run_writes_json_and_markdown(tmp_path, ros_domain, capsys):
     assert st["sent"] > 0 and 0 < st["processed"] <= st["sent"]
     assert 0.0 <= st["drop_rate"] < 1.0
     assert _positive(st["frame_age_ms"])
+    rgbd = n["rgbd"]  # the 3D stage on RGB-D frames (the node with use_depth)
+    assert 1 <= rgbd["frames"] <= 2 and _positive(rgbd["grasp3d_ms"])
+    assert 0 < rgbd["grasp3d_share_pct"]["median"] < 100
+    assert {"grasp3d.depth", "grasp3d.publish"} <= set(rgbd["parts_ms"])
+    assert sum(rgbd["depth_status"].values()) == rgbd["frames"]
     text = md.read_text()
     assert "reuse ratio" in text and "node overhead share" in text and "Hz stream" in text
+    assert "3D stage share of pipeline" in text
     assert "reuse ratio" in capsys.readouterr().out

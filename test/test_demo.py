@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -56,9 +58,9 @@ def test_demo_end_to_end_on_a_fresh_cache(tmp_path, ros_domain, monkeypatch, cap
     cache = tmp_path / "cache"
     monkeypatch.setenv(ENV_DIR, str(cache))
     out = tmp_path / "out"
-    rc = demo.main(["--out", str(out), "--synthetic", "3", "--stream-seconds", "1.5",
-                    "--rate", "10", "--train-images", "6", "--train-size", "64",
-                    "--train-epochs", "1", "--train-steps", "2", "-q"])
+    rc = demo.main(["--out", str(out), "--synthetic", "3", "--rgbd", "1",
+                    "--stream-seconds", "1.5", "--rate", "10", "--train-images", "6",
+                    "--train-size", "64", "--train-epochs", "1", "--train-steps", "2", "-q"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert f"output folder: {out}" in printed
@@ -68,7 +70,7 @@ def test_demo_end_to_end_on_a_fresh_cache(tmp_path, ros_domain, monkeypatch, cap
     assert (out / "summary.md").read_text().startswith("# talk2sam-demo")
     frames = summary["frames"]
     answered = [f for f in frames if f["answered"]]
-    assert summary["frames_sent"] == len(frames) == len(demo.PHOTO_PROMPTS) + 3
+    assert summary["frames_sent"] == len(frames) == len(demo.PHOTO_PROMPTS) + 3 + 1
     assert summary["frames_processed"] == len(answered) > 0
     assert summary["frames_unanswered"] == len(frames) - len(answered)
     assert {f["mode"] for f in frames} == {"text+box", "text-only"}
@@ -81,6 +83,14 @@ def test_demo_end_to_end_on_a_fresh_cache(tmp_path, ros_domain, monkeypatch, cap
         mask = cv2.imread(str(out / f["files"]["mask"]), cv2.IMREAD_GRAYSCALE)
         assert int((mask > 127).sum()) == f["mask_area"]
         assert f["latency_ms"] > 0
+    # the RGB-D scene: its depth and camera_info reached the node with it, and the 3D
+    # grasp figure was drawn from the node's answer
+    (rgbd,) = [f for f in frames if f["source"] == "synthetic_rgbd"]
+    assert rgbd["answered"], rgbd
+    assert rgbd["depth_status"] not in ("", "no_depth", "no_camera_info", "depth_stale",
+                                        "camera_info_stale"), rgbd
+    assert cv2.imread(str(out / rgbd["files"]["grasp3d"])) is not None
+    assert not any("grasp3d" in f["files"] for f in answered if f is not rgbd)
     ious = [f["iou"] for f in answered if f["source"] == "synthetic"]
     assert ious and all(0.0 <= v <= 1.0 for v in ious)
     by_mode = summary["miou_synthetic"]
@@ -131,6 +141,23 @@ def test_harness_configures_and_activates_a_node_without_autostart(tmp_path, ros
     assert answer is not None and answer.result.prompt_id == 1
     assert answer.outputs["mask"].width == 160 and answer.latency_ms > 0
     assert "autostart is false" in (tmp_path / "node.log").read_text()
+
+
+def test_the_harness_stops_a_node_busy_with_a_frame_without_killing_it(tmp_path, ros_domain):
+    """A node whose worker is in the middle of a long frame waits for it on SIGINT
+    (worker_stop_timeout_s): the harness sends a second SIGINT before its kill deadline, so
+    the node stops waiting and exits cleanly (code 0) instead of being killed (-9)."""
+    settings = harness.NodeSettings(extra={"debug_delay_ms": 60000,
+                                           "worker_stop_timeout_s": 3600.0,
+                                           "diagnostics_period_s": 0.2})
+    h = harness.NodeHarness(settings, tmp_path / "node.log", timeout_s=150)
+    with h:
+        h.set_prompt("person", np.array([[10, 10, 80, 100]], np.float32))
+        h.send_image(np.zeros((120, 160, 3), np.uint8))
+        client = h.client
+        assert client.spin_until(lambda: client.diagnostics
+                                 and client.diagnostics[-1]["worker"] == "busy", 60)
+    assert h.proc.returncode == 0, (tmp_path / "node.log").read_text()[-3000:]
 
 
 @pytest.mark.slow
@@ -217,29 +244,29 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_sigterm_stops_the_node_subprocess(tmp_path, ros_domain):
-    """`kill <demo>` (or a closing terminal) must not leave the node running."""
-    params = tmp_path / "tiny.yaml"
-    params.write_text("talk2sam:\n  ros__parameters:\n    preset: tiny\n")  # no training
-    out = tmp_path / "out.txt"
-    with open(out, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "talk2sam_ros.tools.demo", "--params-file", str(params),
-             "--no-photos", "--synthetic", "2", "--stream-seconds", "300", "--rate", "2",
-             "--out", str(tmp_path / "demo"), "-q"],
-            stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ), cwd=REPO)
-    node = []
+@contextmanager
+def terminated_demo(args: list[str], log: Path, marker: str, start_s: float = 240
+                    ) -> Iterator[None]:
+    """talk2sam-demo `args` in a subprocess, sent SIGTERM once `marker` is in its output: it
+    must end with code 130 and "interrupted" (then the body runs), and its node subprocess
+    must not outlive it."""
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "talk2sam_ros.tools.demo", *args],
+                                stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ),
+                                cwd=REPO)
+    node: list[int] = []
     try:
-        deadline = time.monotonic() + 180
-        while "[demo] streaming" not in out.read_text() and proc.poll() is None \
+        deadline = time.monotonic() + start_s
+        while marker not in log.read_text() and proc.poll() is None \
                 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert proc.poll() is None, out.read_text()
+        assert proc.poll() is None, log.read_text()
         node = _children(proc.pid)
         assert node, "the node subprocess was not found"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 130, out.read_text()
-        assert "interrupted" in out.read_text()
+        assert proc.wait(60) == 130, log.read_text()
+        assert f"{demo.PROG}: interrupted" in log.read_text()
+        yield
         deadline = time.monotonic() + 10
         while any(map(_alive, node)) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -249,3 +276,54 @@ def test_sigterm_stops_the_node_subprocess(tmp_path, ros_domain):
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(10)
+
+
+def test_sigterm_stops_the_node_subprocess(tmp_path, ros_domain):
+    """`kill <demo>` (or a closing terminal) must not leave the node running."""
+    params = tmp_path / "tiny.yaml"
+    params.write_text("talk2sam:\n  ros__parameters:\n    preset: tiny\n")  # no training
+    args = ["--params-file", str(params), "--no-photos", "--synthetic", "2",
+            "--stream-seconds", "300", "--rate", "2", "--out", str(tmp_path / "demo"), "-q"]
+    with terminated_demo(args, tmp_path / "out.txt", "[demo] streaming", start_s=180):
+        pass
+
+
+def test_the_3d_grasp_figure_comes_from_the_nodes_messages(tmp_path):
+    """The GraspCandidate the node builds (pixel + 3D fields) gives back the grasp it was
+    built from, and the figure of it (with the object_points cloud) is a PNG."""
+    from std_msgs.msg import Header
+
+    from talk2sam_ros.grasp import grasp_from_mask, grasp_pose_from_depth, object_points
+    from talk2sam_ros.grasp.synthetic import render_scene, scene_specs
+    from talk2sam_ros.ros import conversions as conv
+    from talk2sam_ros.ros import grasp3d_messages as gm
+    from talk2sam_ros.ros.messages import grasp_message
+
+    scene = render_scene(scene_specs()["tilted_sine"])
+    grasp = grasp_from_mask(scene.mask)
+    g3 = grasp_pose_from_depth(scene.mask, grasp, scene.depth_m, scene.camera)
+    assert g3.ok
+    header = Header(frame_id="camera")
+    msg = gm.fill_grasp_3d(grasp_message(grasp, header, 1), g3)
+    pixel, back = demo.grasp_from_msg(msg)
+    assert pixel.valid and pixel.point == pytest.approx(grasp.point, abs=1e-4)
+    assert np.allclose(pixel.centerline, grasp.centerline, atol=1e-4)
+    assert back.ok and back.approach_from == g3.approach_from
+    assert np.allclose(back.position, g3.position, atol=1e-6)
+    assert np.allclose(back.rotation, g3.rotation, atol=1e-6)
+    assert back.width_m == pytest.approx(g3.width_m, rel=1e-6)
+    assert np.allclose(back.centerline, g3.centerline, atol=1e-6)
+    points, _ = object_points(scene.mask, scene.depth_m, scene.camera, 500)
+    bridge = conv.make_bridge()
+    res = harness.FrameResult((0, 0), None, {
+        "grasp": msg, "object_points": gm.cloud_msg(points, header),
+        "mask": conv.mask_to_msg(scene.mask, header, bridge)}, 1.0, {})
+    path = tmp_path / "g3.png"
+    info = gm.camera_info_msg(scene.camera, header)
+    assert demo.save_grasp3d_png(path, scene.rgb, res, info)
+    img = cv2.imread(str(path))
+    assert img is not None and img.shape[0] > 100
+    no_depth = harness.FrameResult((0, 0), None, {"grasp": grasp_message(grasp, header, 1),
+                                                  "mask": res.outputs["mask"]}, 1.0, {})
+    assert not demo.save_grasp3d_png(tmp_path / "none.png", scene.rgb, no_depth, info)
+    assert not (tmp_path / "none.png").exists()

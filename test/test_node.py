@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from node_harness import (OUTPUTS, QOS, Client, key, module_domain, running_node,
-                          sample_picture, start_node, stamped_header)
+from node_harness import (OUTPUTS, RGBD_OUTPUTS, Client, key, module_domain, running_node,
+                          sample_picture, start_node, stamped_header, unsubscribed)
 from rcl_interfaces.srv import SetParametersAtomically
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
@@ -234,12 +234,7 @@ def test_rejected_inputs_are_counted_and_the_node_goes_on(ros):
 def test_visual_outputs_are_only_computed_when_subscribed(ros):
     client = ros.client
     topics = ("overlay", "grasp")
-    for sub in [s for s in client.node.subscriptions if s.topic_name.lstrip("/") in topics]:
-        client.node.destroy_subscription(sub)
-    try:
-        assert client.spin_until(lambda: all(client.node.count_subscribers(f"/{t}") == 0
-                                             for t in topics), 10)
-        client.spin_for(0.5)  # let the node's graph cache see the subscriptions go
+    with unsubscribed(client, topics):
         header = client.publish_image(sample_picture())
         client.publish_prompt(12, "person", boxes=PERSON_BOX, stamp=header)
         result = client.wait_output("result", header, 12)
@@ -247,14 +242,26 @@ def test_visual_outputs_are_only_computed_when_subscribed(ros):
         stages = {t.stage for t in result.timing}
         assert "overlay" not in stages and "grasp" not in stages
         assert "publish_maps" in stages
-    finally:  # the other tests want every output
-        for topic in topics:
-            client.node.create_subscription(OUTPUTS[topic], topic,
-                                            lambda msg, t=topic: client.received[t].append(msg),
-                                            QOS)
-        assert client.spin_until(lambda: all(client.node.count_subscribers(f"/{t}") == 1
-                                             for t in topics), 10)
-        client.spin_for(0.5)
+    header = client.publish_image(sample_picture())
+    client.publish_prompt(13, "person", boxes=PERSON_BOX, stamp=header)
+    for topic in topics:  # (the old re-subscription appended to a throwaway snapshot)
+        assert client.wait_output(topic, header, timeout=30) is not None, topic
+
+
+def test_without_use_depth_there_is_no_3d_side(ros):
+    """use_depth false (the default): no depth subscription, no 3D topic, no 3D stage."""
+    client = ros.client
+    for topic in ("depth", "camera_info"):
+        assert client.node.count_subscribers(f"/{topic}") == 0, topic
+    for topic in RGBD_OUTPUTS:
+        assert client.node.count_publishers(f"/{topic}") == 0, topic
+    header = client.publish_image(sample_picture())
+    client.publish_prompt(14, "person", boxes=PERSON_BOX, stamp=header)
+    grasp = client.wait_output("grasp", header, 14)
+    assert grasp is not None, ros.log_tail()
+    assert grasp.depth_status == "" and grasp.depth_reason == "" and not grasp.centerline_3d
+    result = client.wait_output("result", header, 14)
+    assert not any(t.stage.startswith("grasp3d") for t in result.timing)
 
 
 def test_similarity_without_prompt_publishes_only_the_maps(ros):

@@ -173,3 +173,24 @@ def test_clear_forgets_and_arguments_are_checked():
         DepthPairing(-1)
     with pytest.raises(ValueError, match="capacity"):
         DepthPairing(0, 0)
+
+
+def test_camera_info_can_have_its_own_tolerance():
+    """A driver or bag that publishes camera_info once a second (or once): with a large
+    info_max_dt_ns the nearest camera_info is used, while depth stays strict."""
+    p = DepthPairing(10 * MS, 8, info_max_dt_ns=10_000 * MS)
+    p.add_camera_info(T0 - 900 * MS, "info")
+    p.add_depth(T0 + 2 * MS, "depth")
+    m = p.match(T0)
+    assert m.ok and m.camera_info == "info" and m.camera_info_dt_ns == -900 * MS
+    assert p.match(T0 + 50 * MS).status == st.DEPTH_STALE  # depth: still 10 ms
+    strict = _pairing(max_dt_ms=10)
+    strict.add_camera_info(T0 - 900 * MS, "info")
+    strict.add_depth(T0 + 2 * MS, "depth")
+    assert strict.match(T0).status == st.CAMERA_INFO_STALE
+    p.info_max_dt_ns = 500 * MS  # a live change applies to the next match
+    m = p.match(T0)
+    assert m.status == st.CAMERA_INFO_STALE
+    assert "900.0 ms older than the image (limit 500.0 ms)" in m.reason
+    with pytest.raises(ValueError, match="info_max_dt_ns"):
+        DepthPairing(0, 8, info_max_dt_ns=-1)

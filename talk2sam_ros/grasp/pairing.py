@@ -76,12 +76,20 @@ def _ms(ns: int) -> str:
 
 
 class DepthPairing:
-    """Bounded buffers of depth frames and camera_infos, matched to colour frames by stamp."""
+    """Bounded buffers of depth frames and camera_infos, matched to colour frames by stamp.
 
-    def __init__(self, max_dt_ns: int, capacity: int = 8) -> None:
-        if max_dt_ns < 0:
-            raise ValueError(f"max_dt_ns must be >= 0, got {max_dt_ns}")
+    info_max_dt_ns: the tolerance for camera_info (None: max_dt_ns, as for depth); a driver
+    or bag that publishes camera_info rarely can be served with a large one (the node's
+    camera_info_latest), since a camera's intrinsics do not change while it runs.
+    """
+
+    def __init__(self, max_dt_ns: int, capacity: int = 8,
+                 info_max_dt_ns: int | None = None) -> None:
+        if max_dt_ns < 0 or (info_max_dt_ns is not None and info_max_dt_ns < 0):
+            raise ValueError(f"max_dt_ns and info_max_dt_ns must be >= 0, got {max_dt_ns}, "
+                             f"{info_max_dt_ns}")
         self.max_dt_ns = int(max_dt_ns)
+        self.info_max_dt_ns = None if info_max_dt_ns is None else int(info_max_dt_ns)
         self._depth = StampBuffer(capacity)
         self._info = StampBuffer(capacity)
         self._lock = threading.Lock()
@@ -125,11 +133,13 @@ class DepthPairing:
                            f"nearest depth frame is {_ms(abs(depth[0]))} "
                            f"{'newer' if depth[0] > 0 else 'older'} than the image "
                            f"(depth_max_dt_ms {limit})", depth_dt_ns=depth[0])
-        if abs(info[0]) > self.max_dt_ns:
+        info_limit = self.max_dt_ns if self.info_max_dt_ns is None else self.info_max_dt_ns
+        if abs(info[0]) > info_limit:
             return Pairing(CAMERA_INFO_STALE,
                            f"nearest camera_info is {_ms(abs(info[0]))} "
                            f"{'newer' if info[0] > 0 else 'older'} than the image "
-                           f"(depth_max_dt_ms {limit})", depth_dt_ns=depth[0],
+                           f"({'depth_max_dt_ms' if self.info_max_dt_ns is None else 'limit'}"
+                           f" {_ms(info_limit)})", depth_dt_ns=depth[0],
                            camera_info_dt_ns=info[0])
         return Pairing(OK, depth=depth[1], camera_info=info[1], depth_dt_ns=depth[0],
                        camera_info_dt_ns=info[0])

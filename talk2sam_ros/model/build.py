@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import torch
 from segment_anything_hq.modeling.common import LayerNorm2d
@@ -15,6 +16,7 @@ from .checkpoints import (CHECKPOINT_PARTS, CheckpointError, atomic_torch_save,
                           safe_torch_load)
 from .config import ModelConfig, get_preset
 from .dino_backbone import DinoBackbone
+from .export import prepare_runtime
 from .mask_prompt import MaskPromptEncoder
 from .projector import Talk2DINOProjection
 from .sam_hq import build_sam_hq, load_sam_hq_checkpoint, use_sdpa_attention
@@ -39,7 +41,9 @@ _ARCH_DEFAULTS = {"train_clip_projection": False}
 def build_talk2sam(preset: str | ModelConfig | None = "tiny",
                    checkpoints: Mapping[str, str | os.PathLike] | None = None,
                    device: torch.device | str = "cpu",
-                   dtype: torch.dtype = torch.float32) -> Talk2SAM:
+                   dtype: torch.dtype = torch.float32,
+                   export_dir: str | os.PathLike | None = None,
+                   progress: Callable[[str], None] | None = None) -> Talk2SAM:
     """Build a Talk2SAM model in eval mode.
 
     preset: a preset name ("tiny", "t", "b", "l", "h"), a ModelConfig, or None to take the
@@ -47,6 +51,9 @@ def build_talk2sam(preset: str | ModelConfig | None = "tiny",
     "sam_hq", "dinov2", "clip", "projection", "talk2sam"; parts without a file keep fixed-seed
     random weights. Frozen encoders run in `dtype`; the trainable head, prompt encoder, decoder
     and the similarity maths stay float32.
+    config.runtime onnxruntime: the image encoders run as validated ONNX exports kept in
+    `export_dir` (made there on first use, reported through `progress`; float32 only, see
+    export.prepare_runtime).
     """
     checkpoints = dict(checkpoints or {})
     unknown = set(checkpoints) - set(CHECKPOINT_PARTS)
@@ -97,6 +104,15 @@ def build_talk2sam(preset: str | ModelConfig | None = "tiny",
     model.encoder_fingerprint = model.compute_fingerprint()
     if "talk2sam" in checkpoints:
         load_trained_weights(model, checkpoints["talk2sam"])
+    if config.sam_sdpa:
+        use_sdpa_attention(sam.image_encoder)
+    if config.runtime != "torch":
+        if dtype != torch.float32:
+            raise ValueError(f"runtime {config.runtime} runs the encoders in float32, not "
+                             f"{DTYPES[dtype]} (fp16 on a GPU: runtime_provider tensorrt and "
+                             "runtime_fp16)")
+        model.eval()  # exported and validated here, on the CPU, before the move
+        prepare_runtime(model, export_dir, device, progress)
     model.to(device)
     for frozen in (text_encoder, dino, sam.image_encoder):
         frozen.to(dtype)
@@ -104,8 +120,6 @@ def build_talk2sam(preset: str | ModelConfig | None = "tiny",
         for param in model.trainable_parameters():
             param.data = param.data.float()
     model.encoder_dtype = dtype
-    if config.sam_sdpa:
-        use_sdpa_attention(sam.image_encoder)
     if config.compile:
         model.compile_encoders()
     model.eval()

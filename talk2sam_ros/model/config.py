@@ -22,6 +22,11 @@ SUB_IMAGENET_TEMPLATES: tuple[str, ...] = (
 
 SAM_VARIANTS = ("vit_b", "vit_l", "vit_h", "vit_tiny", "custom")
 SIMILARITY_MODES = ("patch", "attention_max")
+# Where the frozen image encoders run (docs/model.md, "Runtimes"): eager/compiled PyTorch, or
+# their ONNX exports in ONNX Runtime with an execution provider and optional int8 weights.
+RUNTIMES = ("torch", "onnxruntime")
+RUNTIME_PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
+RUNTIME_QUANTIZE = ("none", "int8_dynamic")
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,13 @@ class ModelConfig:
     init_seed: int = 0  # fixed seed of the random weights (local generator, never global RNG)
     compile: bool = False  # torch.compile the frozen image encoders
     sam_sdpa: bool = True  # SAM image-encoder attention through scaled_dot_product_attention
+    # Inference only (never changes what a head learns): the encoders' runtime (RUNTIMES); the
+    # ONNX Runtime execution provider (auto: cuda when the model is on a CUDA device); fp16
+    # TensorRT engines; int8 dynamic quantisation of the exported encoders (CPU).
+    runtime: str = "torch"
+    runtime_provider: str = "auto"
+    runtime_fp16: bool = False
+    runtime_quantize: str = "none"
 
     def __post_init__(self) -> None:
         if self.similarity_mode not in SIMILARITY_MODES:
@@ -126,6 +138,8 @@ class ModelConfig:
             raise ValueError("text_box_relative must be in [0, 1]")
         if self.max_text_boxes < 1 or self.text_box_min_cells < 1:
             raise ValueError("max_text_boxes and text_box_min_cells must be >= 1")
+        check_runtime_options(self.runtime, self.runtime_provider, self.runtime_fp16,
+                              self.runtime_quantize, self.compile)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of str/int/float/bool/list/None (safe for weights_only loading)."""
@@ -146,6 +160,28 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+def check_runtime_options(runtime: str, provider: str, fp16: bool, quantize: str,
+                          compile: bool = False) -> None:
+    """ValueError (one line) for an unknown or contradictory runtime option combination."""
+    for name, value, allowed in (("runtime", runtime, RUNTIMES),
+                                 ("runtime_provider", provider, RUNTIME_PROVIDERS),
+                                 ("runtime_quantize", quantize, RUNTIME_QUANTIZE)):
+        if value not in allowed:
+            raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+    if runtime == "torch":
+        if provider != "auto" or fp16 or quantize != "none":
+            raise ValueError("runtime_provider, runtime_fp16 and runtime_quantize apply to "
+                             "runtime onnxruntime, not torch")
+        return
+    if compile:
+        raise ValueError(f"compile (torch.compile) applies to runtime torch, not {runtime}")
+    if fp16 and provider != "tensorrt":
+        raise ValueError("runtime_fp16 builds TensorRT engines: set runtime_provider tensorrt")
+    if quantize != "none" and provider in ("cuda", "tensorrt"):
+        raise ValueError(f"runtime_quantize {quantize} runs on the CPU execution provider, "
+                         f"not {provider}")
 
 
 def _plain(obj: Any) -> Any:

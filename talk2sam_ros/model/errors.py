@@ -8,3 +8,10 @@ class CheckpointError(RuntimeError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class ExportError(CheckpointError):
+    """An ONNX export of a frozen encoder cannot be made, validated, stored or loaded.
+
+    A CheckpointError: an export is a file derived from the weights, and callers that report
+    checkpoint problems as one line (the node's configure) report this one the same way."""

@@ -9,10 +9,11 @@ Two paths share the same pieces:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from .sam_hq import HQ_PARTS, decode_hq, hq_features
 from .similarity import (attention_max_cosine, cosine_to_unit, head_embeddings, l2_normalize,
                          patch_cosine)
 from .text_encoder import CLIPTextEncoder
+
+if TYPE_CHECKING:
+    from .runtime import OnnxEncoders
 
 CLIP_PROJECTION_KEY = "text_encoder.tower.text_projection"
 
@@ -105,6 +109,9 @@ class Talk2SAM(nn.Module):
         self.mask_prompt = mask_prompt
         self.encoder_dtype = torch.float32
         self.encoder_fingerprint = ""
+        # The exported encoders when config.runtime is not torch (export.prepare_runtime);
+        # None: the PyTorch modules run.
+        self.image_runtime: OnnxEncoders | None = None
         self.set_trainable()
 
     # ------------------------------------------------------------------ parameters
@@ -140,12 +147,15 @@ class Talk2SAM(nn.Module):
         return {"trainable": sum(p.numel() for p in self.trainable_parameters()),
                 "total": total}
 
-    def compute_fingerprint(self) -> str:
+    def compute_fingerprint(self, prefix: str = "") -> str:
         """sha256 over names, shapes and float32 values of every frozen tensor (everything not
-        in the weights file). Computed at build time in float32, before any dtype cast."""
+        in the weights file) whose name starts with `prefix` ("sam.image_encoder.": one
+        encoder's, for its ONNX export). Computed at build time in float32, before any dtype
+        cast."""
         digest = hashlib.sha256()
         for name, tensor in self.state_dict().items():
-            if self._is_trainable_key(name) or not tensor.is_floating_point():
+            if (self._is_trainable_key(name) or not tensor.is_floating_point()
+                    or not name.startswith(prefix)):
                 continue
             digest.update(f"{name}:{tuple(tensor.shape)};".encode())
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
@@ -190,13 +200,39 @@ class Talk2SAM(nn.Module):
 
     @torch.no_grad()
     def encode_sam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Preprocessed (B, 3, 1024, 1024) -> embedding (B, C, 64, 64), interm0 (B, 64, 64, Cv)."""
-        emb, interm = self.sam.image_encoder(x)
-        return emb.float(), interm[0].float()
+        """Preprocessed (B, 3, 1024, 1024) -> embedding (B, C, 64, 64), interm0 (B, 64, 64, Cv),
+        from the attached runtime if any, else from PyTorch."""
+        if self.image_runtime is not None:
+            return self.image_runtime.encode_sam(x)
+        return self.torch_encode_sam(x)
 
     @torch.no_grad()
     def encode_dino(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Preprocessed (B, 3, 448, 448) -> patch tokens (B, N, D), CLS attention (B, H, N)."""
+        """Preprocessed (B, 3, 448, 448) -> patch tokens (B, N, D), CLS attention (B, H, N),
+        from the attached runtime if any, else from PyTorch."""
+        if self.image_runtime is not None:
+            return self.image_runtime.encode_dino(x)
+        return self.torch_encode_dino(x)
+
+    @contextlib.contextmanager
+    def using_encoders(self, encoders: OnnxEncoders | None) -> Iterator[Talk2SAM]:
+        """This model with `encoders` attached inside the block (None: its PyTorch encoders),
+        for validation and side-by-side timing on the same weights; the previous runtime is
+        attached again afterwards."""
+        attached = self.image_runtime
+        self.image_runtime = encoders
+        try:
+            yield self
+        finally:
+            self.image_runtime = attached
+
+    def torch_encode_sam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """encode_sam in PyTorch: also the graph the ONNX export traces (export.py)."""
+        emb, interm = self.sam.image_encoder(x)
+        return emb.float(), interm[0].float()
+
+    def torch_encode_dino(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """encode_dino in PyTorch: also the graph the ONNX export traces (export.py)."""
         patches, attn = self.dino(x)
         return patches.float(), attn.float()
 
@@ -300,4 +336,6 @@ class Talk2SAM(nn.Module):
         """Small summary for logs/benchmarks."""
         return {"preset": self.config.preset, "similarity_mode": self.config.similarity_mode,
                 "encoder_dtype": str(self.encoder_dtype), "device": str(self.device),
+                "runtime": ("torch" if self.image_runtime is None
+                            else self.image_runtime.describe()),
                 **self.parameter_counts()}

@@ -267,4 +267,3 @@ def clean_text(text: str, max_length: int) -> str:
         raise InputRejected(f"prompt text has {len(stripped)} characters, more than "
                             f"max_text_length {max_length}")
     return stripped
-

@@ -6,6 +6,13 @@ import re
 import threading
 from collections.abc import Hashable
 
+from talk2sam_ros.grasp.status import DESCRIPTIONS as GRASP3D_STATUSES
+
+
+def grasp3d_counter(status: str) -> str:
+    """The counter of the frames whose 3D grasp ended with `status` (use_depth)."""
+    return f"grasp3d_{status}"
+
 
 class Counters:
     """Thread-safe event counters (the node resets them on activate)."""
@@ -13,7 +20,14 @@ class Counters:
     NAMES = ("frames_received", "frames_processed", "frames_dropped", "frames_idle",
              "images_rejected", "prompts_received", "prompts_rejected", "frames_rejected",
              "prompt_frame_missed", "requests_dropped", "encodings", "reused_encodings",
-             "errors", "out_of_memory")
+             "errors", "out_of_memory",
+             # transport (docs/transport.md): what DDS gave up on, and the holes in each image
+             # publisher's sequence numbers (lost on the wire or overwritten in our queue)
+             "frames_lost_in_transport", "frames_missing_by_sequence",
+             # RGB-D (use_depth): inputs, their transport losses, one counter per 3D status
+             "depth_received", "camera_info_received", "depth_lost_in_transport",
+             "depth_frame_mismatch", "camera_info_reused",
+             *(grasp3d_counter(s) for s in GRASP3D_STATUSES))
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -136,15 +136,19 @@ def result_message(header: Header, prompt: Prompt, seg: Segmentation, kept: np.n
 def diagnostics_message(values: Mapping[str, Any], name: str,
                         stamp: Any) -> DiagnosticArray:
     """One DiagnosticStatus: ERROR after a failed configure (its reason as the message),
-    WARN once a frame failed (errors, out_of_memory) or while a stopped worker still runs,
-    else OK; every value as a KeyValue. stamp: builtin_interfaces/Time."""
+    WARN once a frame failed (errors, out_of_memory), frames were lost in transport
+    (docs/transport.md) or while a stopped worker still runs, else OK; every value as a
+    KeyValue. stamp: builtin_interfaces/Time."""
     status = DiagnosticStatus(name=name, hardware_id=str(values["device"]))
     bad = int(values["errors"]) + int(values["out_of_memory"])
-    status.level = DiagnosticStatus.WARN if bad or values["worker"] == "stopping" \
+    lost = int(values["frames_lost_in_transport"]) + int(values["depth_lost_in_transport"])
+    status.level = DiagnosticStatus.WARN if bad or lost or values["worker"] == "stopping" \
         else DiagnosticStatus.OK
     status.message = (f"{values['state']}, {values['frames_processed']} processed, "
                       f"{values['frames_dropped']} dropped, {values['inputs_rejected']} "
                       f"rejected, {bad} failed")
+    if lost:
+        status.message += f", {lost} lost in transport (see docs/transport.md)"
     if values["worker"] == "stopping":
         status.message += ", a stopped worker is still running a frame"
     if values["configure_error"]:

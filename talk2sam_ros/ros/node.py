@@ -16,25 +16,31 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.event_handler import QoSMessageLostInfo, SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from rclpy.subscription import MessageInfo
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
 from talk2sam_ros.common.cli import one_line
 from talk2sam_ros.common.params import descriptor
 from talk2sam_ros.common.shutdown import ShutdownSignals
+from talk2sam_ros.common.transport import SequenceGaps
+from talk2sam_ros.grasp import DepthPairing
 from talk2sam_ros.model.errors import CheckpointError
 from talk2sam_ros.msg import TextBoxPrompt
 from talk2sam_ros.ros import conversions as conv
+from talk2sam_ros.ros import grasp3d_messages as gm
 from talk2sam_ros.ros import messages as build
+from talk2sam_ros.ros import rgbd
 from talk2sam_ros.ros.counters import Counters, Throttle, reason_kind
 from talk2sam_ros.ros.params import (DIAGNOSTICS_TOPIC, NODE_NAME, PARAM_BY_NAME, PARAMS,
-                                     PUBLICATIONS, TOPIC_BY_NAME, NodeConfig, change_problem,
-                                     node_config_from_params)
+                                     PUBLICATIONS, RGBD_PUBLICATIONS, TOPIC_BY_NAME, NodeConfig,
+                                     change_problem, node_config_from_params)
 from talk2sam_ros.ros.scheduler import UNSTAMPED, Prompt, Request, Scheduler, Stamp
 from talk2sam_ros.ros.worker import LOG_PERIOD_S, Worker, stamp_text
 from talk2sam_ros.weights.registry import WeightsError
@@ -77,6 +83,8 @@ class Talk2SAMNode(LifecycleNode):
         self._throttle = Throttle(LOG_PERIOD_S)  # rejection lines: one per kind and period
         self._scheduler = Scheduler(self._counters, max_requests=_MAX_REQUESTS)
         self._last_text: str | None = None  # of the last prompt logged (executor thread)
+        self._pairing: DepthPairing | None = None  # use_depth: depth + camera_info by stamp
+        self._gaps = SequenceGaps()  # image publishers' sequence numbers (since activation)
         self._worker: Worker | None = None
         # A worker that did not stop in time still uses the model and publishers: they are
         # released once it has ended (checked by the diagnostics timer and every transition).
@@ -111,6 +119,8 @@ class Talk2SAMNode(LifecycleNode):
         self._cfg = cfg
         self._scheduler.configure(cache_size=cfg.frame_cache_size, max_rate_hz=cfg.max_rate_hz,
                                   idle=cfg.publish_similarity_without_prompt)
+        if self._pairing is not None:
+            rgbd.configure_pairing(self._pairing, cfg)
 
     def read_config(self) -> NodeConfig:
         """NodeConfig from the node's current parameter values (ValueError when invalid)."""
@@ -140,7 +150,8 @@ class Talk2SAMNode(LifecycleNode):
         out_qos = _qos(cfg.qos_depth, cfg.output_qos_reliability)
         self._pubs = {name: self.create_lifecycle_publisher(
             build.message_class(TOPIC_BY_NAME[name].msg_type), name, out_qos)
-            for name in PUBLICATIONS}
+            for name in PUBLICATIONS + (RGBD_PUBLICATIONS if cfg.use_depth else ())}
+        self._pairing = rgbd.make_pairing(cfg) if cfg.use_depth else None
         self._apply(cfg)
         self._set_diagnostics_period(cfg.diagnostics_period_s)
         self._state = "inactive"
@@ -156,19 +167,30 @@ class Talk2SAMNode(LifecycleNode):
                                     "frame; activate again once it has ended")
             return TransitionCallbackReturn.FAILURE
         self._counters.reset()
+        self._gaps = SequenceGaps()
         # compressed: `<resolved image>/compressed`, as image_transport names it
         image_type, image_topic = ((CompressedImage, self.resolve_topic_name("image")
                                     + "/compressed") if cfg.image_transport == "compressed"
                                    else (Image, "image"))
+        image_qos = _qos(cfg.qos_depth, cfg.qos_reliability)
         self._subs = [
-            self.create_subscription(image_type, image_topic, self._on_image,
-                                     _qos(cfg.qos_depth, cfg.qos_reliability)),
+            self.create_subscription(image_type, image_topic, self._on_image, image_qos,
+                                     event_callbacks=self._lost_events(
+                                         "frames_lost_in_transport", "image frame")),
             self.create_subscription(TextBoxPrompt, "prompt", self._on_prompt, _PROMPT_QOS),
             self.create_subscription(String, "category", self._on_category, _PROMPT_QOS)]
+        if self._pairing is not None:  # use_depth
+            self._subs += [
+                self.create_subscription(Image, "depth", self._on_depth, image_qos,
+                                         event_callbacks=self._lost_events(
+                                             "depth_lost_in_transport", "depth frame")),
+                self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
+                                         image_qos)]
         clock = self.get_clock()
         self._worker = Worker(self._scheduler, self._predictor, self._pubs, self._bridge,
                               self._counters, self.get_logger(), lambda: self._cfg,
-                              self._reject, lambda: clock.now().nanoseconds, self.context.ok)
+                              self._reject, lambda: clock.now().nanoseconds, self.context.ok,
+                              warn=self._warn, pairing=self._pairing)
         self._worker.start()
         self._state = "active"
         self.get_logger().info("active: waiting for images and prompts")
@@ -226,7 +248,8 @@ class Talk2SAMNode(LifecycleNode):
         from talk2sam_ros.model import Talk2SAMPredictor
         from talk2sam_ros.weights.inference import load_for_inference
 
-        loaded = load_for_inference(cfg.inference_spec)
+        loaded = load_for_inference(cfg.inference_spec,
+                                    progress=self.get_logger().info)  # ONNX export steps
         self._device = loaded.device
         self._predictor = Talk2SAMPredictor(loaded.model, text_cache_size=cfg.text_cache_size)
         for part, path in loaded.checkpoints.items():
@@ -254,6 +277,8 @@ class Talk2SAMNode(LifecycleNode):
         # Frames received before deactivation must not be answered after a re-activation
         # (an unstamped prompt applies to the newest cached frame); and they hold images.
         self._scheduler.clear()
+        if self._pairing is not None:
+            self._pairing.clear()
         if not self._worker_running() and self._predictor is not None:
             self._predictor.reset_image()  # frees the last frame's encoder features
 
@@ -267,6 +292,7 @@ class Talk2SAMNode(LifecycleNode):
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
         self._predictor = None
+        self._pairing = None
         gc.collect()
         if self._device.startswith("cuda"):
             import torch
@@ -282,12 +308,32 @@ class Talk2SAMNode(LifecycleNode):
     # ------------------------------------------------------------------ callbacks
     def _reject(self, counter: str, what: str, reason: str) -> None:
         """Count a rejection and log it: one line per kind of reason and period."""
-        self._counters.add(counter)
-        if self._throttle.allow((counter, reason_kind(reason)), time.monotonic()):
-            self.get_logger().warning(f"rejected {what}: {reason}")
+        self._warn(counter, f"rejected {what}: {reason}", reason_kind(reason))
 
-    def _on_image(self, msg: Image | CompressedImage) -> None:
+    def _warn(self, counter: str, line: str, kind: str | None = None, count: int = 1) -> None:
+        """Count `count` events and log their warning line: one line per counter, kind
+        (default: the line without its numbers) and period."""
+        self._counters.add(counter, count)
+        if self._throttle.allow((counter, kind or reason_kind(line)), time.monotonic()):
+            self.get_logger().warning(line)
+
+    def _lost_events(self, counter: str, what: str) -> SubscriptionEventCallbacks:
+        """DDS's message_lost event of a subscription, counted and logged (docs/transport.md)."""
+        def lost(info: QoSMessageLostInfo) -> None:
+            if info.total_count_change > 0:
+                self._warn(counter, f"{info.total_count_change} {what}(s) lost in transport "
+                           f"({info.total_count} since the subscription started): the "
+                           "publisher needs the Fast DDS image profile, see docs/transport.md",
+                           kind="lost", count=info.total_count_change)
+        return SubscriptionEventCallbacks(message_lost=lost)
+
+    def _on_image(self, msg: Image | CompressedImage, info: MessageInfo) -> None:
         self._counters.add("frames_received")
+        sequence = info.get("publication_sequence_number")
+        if sequence is not None:
+            skipped = self._gaps.add(str(info.get("publisher_gid")), int(sequence))
+            if skipped:
+                self._counters.add("frames_missing_by_sequence", skipped)
         try:
             if isinstance(msg, CompressedImage):
                 if len(msg.data) == 0:
@@ -299,6 +345,15 @@ class Talk2SAMNode(LifecycleNode):
             return
         for prompt in self._scheduler.add_frame(conv.stamp_key(msg.header), msg.header, msg):
             self._log_missed(prompt)
+
+    def _on_depth(self, msg: Image) -> None:
+        # checked on the worker with its frame (depth_for_frame): a bad one gives bad_depth
+        self._counters.add("depth_received")
+        self._pairing.add_depth(gm.header_stamp_ns(msg.header), msg)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._counters.add("camera_info_received")
+        self._pairing.add_camera_info(gm.header_stamp_ns(msg.header), msg)
 
     def _on_prompt(self, msg: TextBoxPrompt) -> None:
         self._counters.add("prompts_received")

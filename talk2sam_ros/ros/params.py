@@ -18,8 +18,10 @@ from typing import Any
 
 from talk2sam_ros.common.params import ParamSpec, values_from_params
 from talk2sam_ros.grasp import GraspConfig
+from talk2sam_ros.grasp.depth import check_depth_range
 from talk2sam_ros.model.config import (CHECKPOINT_PARTS, DEVICE_HELP, DEVICE_PATTERN,
-                                       DTYPE_NAMES, PRESET_NAMES)
+                                       DTYPE_NAMES, PRESET_NAMES, RUNTIME_PROVIDERS,
+                                       RUNTIME_QUANTIZE, RUNTIMES)
 from talk2sam_ros.weights.resolve import InferenceSpec
 
 NODE_NAME = "talk2sam"
@@ -38,6 +40,7 @@ class TopicSpec:
     notes: str
     encoding: str = ""
     switch: str = ""
+    rgbd: bool = False  # an RGB-D topic: subscribed / advertised only with use_depth
 
 
 _OUT_QOS = "`output_qos_reliability`, `qos_depth`"
@@ -77,16 +80,40 @@ TOPICS: tuple[TopicSpec, ...] = (
               "timing, counters"),
     TopicSpec("grasp", "out", "talk2sam_ros/GraspCandidate", _OUT_QOS, "ordered centreline "
               "(`geometry_msgs/Polygon`, px), grasp point (`geometry_msgs/Point` px, z = "
-              "width), angle, width, valid", switch="publish_grasp"),
+              "width), angle, width, valid; with `use_depth` also the 3D side: "
+              "`depth_status` and `depth_reason`, pose, `width_m`, 3D centreline, "
+              "`valid_depth_fraction` (see [RGB-D grasp](#rgb-d-grasp))",
+              switch="publish_grasp"),
+    # --- RGB-D grasp (use_depth; docs/grasp.md)
+    TopicSpec("depth", "in", "sensor_msgs/Image", "as `image`", "with `use_depth`: depth "
+              "registered to the colour image (`aligned_depth_to_color`), 16UC1 mm or 32FC1 "
+              "m; paired with each frame by stamp within `depth_max_dt_ms`", rgbd=True),
+    TopicSpec("camera_info", "in", "sensor_msgs/CameraInfo", "as `image`", "with "
+              "`use_depth`: the colour camera's intrinsics (K, D: plumb_bob, "
+              "rational_polynomial, equidistant), paired by stamp like `depth` (any stamp "
+              "with `camera_info_latest`)", rgbd=True),
+    TopicSpec("grasp_pose", "out", "geometry_msgs/PoseStamped", _OUT_QOS, "with `use_depth`: "
+              "the grasp pose in the camera's optical frame (z approach, x closing; "
+              "docs/grasp.md), only when `depth_status` is ok", switch="use_depth", rgbd=True),
+    TopicSpec("grasp_markers", "out", "visualization_msgs/MarkerArray", _OUT_QOS, "with "
+              "`use_depth`: 3D centreline, gripper jaws with the width, approach arrow, text "
+              "label; namespace `grasp/<prompt_id>`, markers not drawn are deleted",
+              switch="use_depth", rgbd=True),
+    TopicSpec("object_points", "out", "sensor_msgs/PointCloud2", _OUT_QOS, "with "
+              "`use_depth`: the mask's pixels with valid depth (x y z float32 + rgb), at most "
+              "`max_cloud_points`", switch="use_depth", rgbd=True),
     TopicSpec(DIAGNOSTICS_TOPIC, "out", "diagnostic_msgs/DiagnosticArray", "reliable, depth "
               "10", "every `diagnostics_period_s` and at once when configure fails: state, "
               "device, worker, active prompt and all counters (see [Behaviour](#behaviour))"),
 )
 TOPIC_BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPICS}
-SUBSCRIPTIONS = tuple(t.name for t in TOPICS if t.direction == "in")
+SUBSCRIPTIONS = tuple(t.name for t in TOPICS if t.direction == "in")  # all (docs, launch)
 # The outputs created at configure (lifecycle publishers); /diagnostics exists from start-up.
-PUBLICATIONS = tuple(t.name for t in TOPICS if t.direction == "out"
+PUBLICATIONS = tuple(t.name for t in TOPICS if t.direction == "out" and not t.rgbd
                      and t.name != DIAGNOSTICS_TOPIC)
+# With use_depth only: the depth inputs, and the 3D outputs (created at configure too).
+RGBD_SUBSCRIPTIONS = tuple(t.name for t in TOPICS if t.direction == "in" and t.rgbd)
+RGBD_PUBLICATIONS = tuple(t.name for t in TOPICS if t.direction == "out" and t.rgbd)
 
 DTYPES = ("auto", *DTYPE_NAMES)
 RELIABILITY = ("best_effort", "reliable")
@@ -126,6 +153,18 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("dtype", "auto", "Inference dtype: auto (float16 on cuda, float32 otherwise), "
               "float32, float16 or bfloat16.", choices=DTYPES),
     ParamSpec("compile", False, "torch.compile the frozen image encoders (slow first frame)."),
+    ParamSpec("runtime", "torch", "Where the frozen image encoders run: torch, or onnxruntime "
+              "(validated ONNX exports in export_dir, made at the first configure).",
+              choices=RUNTIMES),
+    ParamSpec("runtime_provider", "auto", "ONNX Runtime execution provider: auto (cuda on a "
+              "CUDA device, else cpu), cpu, cuda or tensorrt (these two need onnxruntime-gpu).",
+              choices=RUNTIME_PROVIDERS),
+    ParamSpec("runtime_fp16", False, "runtime_provider tensorrt: build fp16 TensorRT engines."),
+    ParamSpec("runtime_quantize", "none", "runtime onnxruntime on the cpu provider: "
+              "int8_dynamic quantises the encoders' weights (faster; masks change, see "
+              "docs/model.md).", choices=RUNTIME_QUANTIZE),
+    ParamSpec("export_dir", "", "ONNX exports and TensorRT engine caches; empty: "
+              "<weights_dir or its default>/exports."),
     ParamSpec("text_cache_size", 128, "Text embeddings kept across frames (0 = no cache).",
               low=0, high=100000),
     ParamSpec("text_box_threshold", 0.55, "Text-only prompts: absolute similarity floor of "
@@ -169,6 +208,25 @@ PARAMS: tuple[ParamSpec, ...] = (
               low=0.0, high=100000.0, live=True),
     ParamSpec("grasp_max_points", 200, "Grasp: the published centreline is subsampled to at "
               "most this many points.", low=2, high=100000, live=True),
+    # --- RGB-D grasp (docs/grasp.md)
+    ParamSpec("use_depth", False, "Subscribe to `depth` and `camera_info` and publish the 3D "
+              "grasp: `grasp_pose`, `grasp_markers`, `object_points` and the GraspCandidate "
+              "3D fields (docs/grasp.md)."),
+    ParamSpec("depth_max_dt_ms", 30.0, "Depth (and camera_info) are paired with a colour "
+              "frame when their stamps differ by at most this much (ms).", low=0.0,
+              high=10000.0, live=True),
+    ParamSpec("depth_wait_ms", 50.0, "When a frame's depth or camera_info has not arrived by "
+              "the time the model is done (the newest one is older than the frame), wait up to "
+              "this long for it (ms; 0 = never wait).", low=0.0, high=10000.0, live=True),
+    ParamSpec("camera_info_latest", False, "Use the camera_info nearest in stamp whatever its "
+              "age (drivers or bags that publish it rarely); false: it must be within "
+              "depth_max_dt_ms, as depth.", live=True),
+    ParamSpec("depth_min_m", 0.1, "Depth readings nearer than this (m) are invalid.", low=0.0,
+              high=100.0, live=True),
+    ParamSpec("depth_max_m", 5.0, "Depth readings farther than this (m) are invalid.",
+              low=0.001, high=1000.0, live=True),
+    ParamSpec("max_cloud_points", 5000, "`object_points` is subsampled evenly to at most this "
+              "many points.", low=1, high=10_000_000, live=True),
     # --- input and graph (applied at configure)
     ParamSpec("image_transport", "raw", "raw: sensor_msgs/Image on `image`; compressed: "
               "sensor_msgs/CompressedImage on `<image>/compressed`.", choices=TRANSPORTS),
@@ -209,6 +267,11 @@ class NodeConfig:
     device: str
     dtype: str
     compile: bool
+    runtime: str
+    runtime_provider: str
+    runtime_fp16: bool
+    runtime_quantize: str
+    export_dir: str
     text_cache_size: int
     text_box_threshold: float
     text_box_relative: float
@@ -231,6 +294,13 @@ class NodeConfig:
     grasp_junction_clearance: float
     grasp_min_length_px: float
     grasp_max_points: int
+    use_depth: bool
+    depth_max_dt_ms: float
+    depth_wait_ms: float
+    camera_info_latest: bool
+    depth_min_m: float
+    depth_max_m: float
+    max_cloud_points: int
     image_transport: str
     qos_reliability: str
     qos_depth: int
@@ -253,8 +323,11 @@ class NodeConfig:
         return InferenceSpec(
             preset=self.preset, checkpoints=self.checkpoints, weights_dir=self.weights_dir,
             allow_random_weights=self.allow_random_weights, device=self.device,
-            dtype=self.dtype,
-            overrides={"text_box_threshold": self.text_box_threshold,
+            dtype=self.dtype, export_dir=self.export_dir,
+            overrides={"runtime": self.runtime, "runtime_provider": self.runtime_provider,
+                       "runtime_fp16": self.runtime_fp16,
+                       "runtime_quantize": self.runtime_quantize,
+                       "text_box_threshold": self.text_box_threshold,
                        "text_box_relative": self.text_box_relative,
                        "max_text_boxes": self.max_text_boxes,
                        "text_box_min_cells": self.text_box_min_cells,
@@ -274,6 +347,10 @@ def _checked(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     merged, problems = values_from_params(PARAMS, values)
     if merged["publish_similarity_without_prompt"] and not str(merged["idle_text"]).strip():
         problems.append("publish_similarity_without_prompt needs a non-empty idle_text")
+    if isinstance(merged["depth_min_m"], float) and isinstance(merged["depth_max_m"], float):
+        reason = check_depth_range(merged["depth_min_m"], merged["depth_max_m"])
+        if reason:
+            problems.append(f"depth_min_m must be below depth_max_m: {reason}")
     return merged, problems
 
 

@@ -12,8 +12,9 @@ the worker thread takes jobs. The rule (docs/node.md, "Which prompt answers whic
   last frame received) the request is missed and counted. A stamped prompt never answers
   another frame and leaves the standing prompt as it is.
 
-A frame carries the colour image and, in `paired`, inputs matched to it by stamp (the depth
-image and CameraInfo of the RGB-D feature); the worker receives the frame whole.
+A frame carries the colour image and, in `paired`, what the worker derived from inputs
+matched to it by stamp (the RGB-D stage keeps the frame's decoded depth there for its further
+prompts, ros/rgbd.py; only the worker thread touches it); the worker receives the frame whole.
 """
 from __future__ import annotations
 

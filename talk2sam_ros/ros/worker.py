@@ -14,10 +14,13 @@ from typing import Any
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
-from talk2sam_ros.grasp import grasp_from_mask
+from talk2sam_ros.common.timing import Stopwatch
+from talk2sam_ros.grasp import DepthPairing, Grasp, grasp_from_mask
 from talk2sam_ros.ros import conversions as conv
+from talk2sam_ros.ros import grasp3d_messages as gm
 from talk2sam_ros.ros import messages as build
-from talk2sam_ros.ros.counters import Counters
+from talk2sam_ros.ros import rgbd
+from talk2sam_ros.ros.counters import Counters, grasp3d_counter
 from talk2sam_ros.ros.params import TOPIC_BY_NAME, NodeConfig
 from talk2sam_ros.ros.scheduler import UNSTAMPED, Frame, Job, Prompt, Scheduler, Stamp
 
@@ -34,17 +37,23 @@ class Worker:
 
     config: the node's current NodeConfig (live parameters apply to the next job);
     reject(counter, what, reason): the node's counted, throttled rejection log;
-    now_ns: the node clock (frame ages); context_ok: false once ROS is shutting down.
+    warn(counter, line): the same for a whole line; now_ns: the node clock (frame ages);
+    context_ok: false once ROS is shutting down; pairing: the depth and camera_info the node
+    receives (use_depth), matched to each frame by stamp.
     """
 
     def __init__(self, scheduler: Scheduler, predictor: Any, publishers: Mapping[str, Any],
                  bridge: Any, counters: Counters, logger: Any,
                  config: Callable[[], NodeConfig | None],
                  reject: Callable[[str, str, str], None], now_ns: Callable[[], int],
-                 context_ok: Callable[[], bool]) -> None:
+                 context_ok: Callable[[], bool], *, warn: Callable[[str, str], None],
+                 pairing: DepthPairing | None = None) -> None:
         self._scheduler, self._predictor, self._pubs = scheduler, predictor, dict(publishers)
         self._bridge, self._counters, self._log = bridge, counters, logger
         self._config, self._reject, self._now_ns, self._ok = config, reject, now_ns, context_ok
+        self._warn = warn
+        self._pairing = pairing
+        self._markers = rgbd.MarkerNamespaces()
         self._stop = threading.Event()
         self._busy = False
         self._encoded: Frame | None = None  # the frame whose encoding the predictor holds
@@ -181,10 +190,22 @@ class Worker:
         self._send(build.mask_outputs(seg, header, wanted, bridge))
         lap("publish_maps")
         grasp = None
-        if "grasp" in wanted:
+        # the 3D outputs wanted (with use_depth, `grasp` gets its 3D fields too)
+        wanted_3d = wanted & rgbd.RGBD_OUTPUTS if cfg.use_depth and self._pairing else set()
+        if "grasp" in wanted or wanted_3d & rgbd.POSE_OUTPUTS:
             grasp = grasp_from_mask(seg.union, cfg.grasp)
-            self._send({"grasp": build.grasp_message(grasp, header, prompt.id)})
+            candidate = build.grasp_message(grasp, header, prompt.id) if "grasp" in wanted \
+                else None
+            if not wanted_3d and candidate is not None:
+                self._send({"grasp": candidate})
             lap("grasp")
+            if wanted_3d:
+                self._publish_3d(frame, prompt, seg.union, grasp, candidate, wanted_3d, cfg,
+                                 timing)
+                lap("grasp3d")
+        elif wanted_3d:  # the cloud alone
+            self._publish_3d(frame, prompt, seg.union, None, None, wanted_3d, cfg, timing)
+            lap("grasp3d")
         if "overlay" in wanted:
             self._send({"overlay": build.overlay_message(
                 rgb, seg, prompt.text, cfg.overlay_alpha, grasp, header, bridge)})
@@ -192,6 +213,34 @@ class Worker:
         self._pubs["result"].publish(build.result_message(
             header, prompt, seg, kept, rgb.shape[:2], reused, self._age_ms(frame), timing,
             self._counters.snapshot()))
+
+    def _publish_3d(self, frame: Frame, prompt: Prompt, mask: np.ndarray, grasp: Grasp | None,
+                    candidate: Any, wanted: set[str], cfg: NodeConfig,
+                    timing: list[tuple[str, float]]) -> None:
+        """The RGB-D stage (docs/grasp.md): pair, decode, 3D grasp, its messages; counted per
+        3D status and, when something is wrong, one rate-limited line per kind."""
+        watch = Stopwatch().start()
+        depth, fresh = rgbd.frame_depth(frame, self._pairing, cfg, self._stop)
+        timing.append(("grasp3d.depth", watch.lap()))
+        where = f"3D grasp for frame {stamp_text(frame.stamp)}"
+        if fresh and depth.frame_warning:
+            self._warn("depth_frame_mismatch", f"{where}: {depth.frame_warning}")
+        if fresh and depth.ok and abs(depth.camera_info_dt_ns) > self._pairing.max_dt_ns:
+            self._counters.add("camera_info_reused")  # camera_info_latest: asked for
+        out = rgbd.grasp3d_outputs(depth, mask, grasp, frame.rgb, frame.header, prompt, wanted,
+                                   cfg, self._markers, frame.seq)
+        counter = grasp3d_counter(out.status)
+        if out.status in rgbd.QUIET_STATUSES:
+            self._counters.add(counter)
+        else:
+            self._warn(counter, f"{where}: {out.status}: {out.reason}")
+        watch.lap()  # grasp3d_outputs' own parts are in out.timing
+        messages = dict(out.messages)
+        if candidate is not None:
+            messages["grasp"] = gm.fill_grasp_3d(candidate, out.grasp)
+        self._send(messages)
+        timing.extend(out.timing)
+        timing.append(("grasp3d.publish", watch.lap()))  # the 3D fields of `grasp`, sending
 
     def _age_ms(self, frame: Frame) -> float:
         """now - header.stamp (time since receipt for unstamped frames)."""

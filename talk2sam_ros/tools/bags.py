@@ -25,6 +25,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from talk2sam_ros.common.resources import find_share_file
+from talk2sam_ros.tools.harness import output_header
 
 IMAGE_TYPES = {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CompressedImage": CompressedImage}
 # role -> message types a bag topic may have for it
@@ -158,6 +159,16 @@ def typestore_with_own_messages(store: Stores = Stores.ROS2_JAZZY) -> Any:
     return typestore
 
 
+def check_output_path(path: str | Path, storage: str) -> Path:
+    """An output bag path and storage we may write (never over an existing bag or file)."""
+    path = Path(path)
+    if storage not in STORAGES:
+        raise BagError(f"unknown bag storage {storage!r}; expected {', '.join(STORAGES)}")
+    if path.exists():
+        raise BagError(f"output bag {path} already exists")
+    return path
+
+
 class OutputBag:
     """A new bag that rclpy messages are written to (a connection per topic on first use).
 
@@ -165,11 +176,7 @@ class OutputBag:
     included."""
 
     def __init__(self, path: str | Path, storage: str = "mcap") -> None:
-        self.path = Path(path)
-        if storage not in STORAGES:
-            raise BagError(f"unknown bag storage {storage!r}; expected {', '.join(STORAGES)}")
-        if self.path.exists():
-            raise BagError(f"output bag {self.path} already exists")
+        self.path = check_output_path(path, storage)
         self.storage = storage
         self._typestore = typestore_with_own_messages()
         self._connections: dict[str, Any] = {}
@@ -186,6 +193,8 @@ class OutputBag:
         self.close()
 
     def write(self, topic: str, msg: Any, time_ns: int) -> None:
+        if not self._open:
+            raise BagError(f"output bag {self.path} is closed")
         conn = self._connections.get(topic)
         if conn is None:
             conn = self._writer.add_connection(topic, message_type_name(msg),
@@ -224,6 +233,87 @@ def read_bag(path: str | Path) -> dict[str, list[tuple[int, Any]]]:
     except Exception as exc:
         raise BagError(f"cannot read bag {path}: {exc}") from None
     return out
+
+
+# ---------------------------------------------------------------------------- playback
+Stamp = tuple[int, int]  # (sec, nanosec): the node's key of a frame and of its outputs
+
+
+@dataclass(frozen=True)
+class PlayFrame:
+    """One colour frame of a bag and the depth/camera_info messages to publish before it."""
+
+    index: int  # among the bag's colour frames, from 0
+    image: BagMessage
+    companions: tuple[BagMessage, ...]
+    at_s: float  # recorded time, seconds after the bag's first message
+
+
+def play_frames(messages: Iterable[BagMessage], start_ns: int) -> Iterator[PlayFrame]:
+    """The colour frames in recorded order, each with the other messages recorded after it and
+    before the next frame (the first also with those before it).
+
+    Sending a frame's companions before it means its depth and camera_info have reached the
+    node whichever order the driver recorded them in (the node pairs by nearest stamp; an
+    extra newer depth does no harm), also when each frame waits for the previous answer.
+    """
+    pending: list[BagMessage] = []
+    current: BagMessage | None = None
+    index = 0
+    for msg in messages:
+        if msg.role != "image":
+            pending.append(msg)
+            continue
+        if current is not None:
+            yield PlayFrame(index, current, tuple(pending), (current.time_ns - start_ns) / 1e9)
+            index, pending = index + 1, []
+        current = msg
+    if current is not None:
+        yield PlayFrame(index, current, tuple(pending), (current.time_ns - start_ns) / 1e9)
+
+
+def played_stamp(msg: BagMessage) -> Stamp:
+    """The header stamp a message is played with: as recorded, except that a zero stamp (a
+    driver that does not stamp) becomes the recorded time, so the node can tell frames apart
+    and pair depth with them. Sets it on the message."""
+    stamp = msg.msg.header.stamp
+    if stamp.sec == 0 and stamp.nanosec == 0:
+        stamp.sec, stamp.nanosec = divmod(msg.time_ns, 1_000_000_000)
+    return int(stamp.sec), int(stamp.nanosec)
+
+
+def namespaced(namespace: str, name: str) -> str:
+    """'/arm/mask' for ('arm', 'mask'); '/mask' for the root namespace ''."""
+    parts = [p for p in f"{namespace}/{name}".split("/") if p]
+    return "/" + "/".join(parts)
+
+
+class OutputRecorder:
+    """Writes each output of the node (a harness `Received`) into `bag` as `<namespace>/<topic>`
+    at the recorded time of its source frame, so input and output bags line up in Foxglove or
+    `ros2 bag play`; the message keeps the source frame's header stamp."""
+
+    def __init__(self, bag: OutputBag, namespace: str = "") -> None:
+        self.bag = bag
+        self.namespace = namespace
+        self.times: dict[Stamp, int] = {}  # stamp of a played frame -> its recorded time
+        self.unplaced = 0  # outputs for no frame we played (not written)
+
+    def expect(self, stamp: Stamp, time_ns: int) -> None:
+        """Frame `stamp`, recorded at `time_ns`, is being played."""
+        self.times[stamp] = int(time_ns)
+
+    def write_input(self, topic: str, msg: Any, time_ns: int) -> None:
+        """A played input message under the node's input name (`image`, `depth`, ...)."""
+        self.bag.write(namespaced(self.namespace, topic), msg, time_ns)
+
+    def __call__(self, item: Any) -> None:
+        header = output_header(item.msg)
+        time_ns = self.times.get((int(header.stamp.sec), int(header.stamp.nanosec)))
+        if time_ns is None:
+            self.unplaced += 1
+            return
+        self.bag.write(namespaced(self.namespace, item.topic), item.msg, time_ns)
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -288,11 +378,17 @@ def load_prompt_schedule(path: str | Path) -> tuple[PromptChange, ...]:
     return prompt_schedule(data, str(path))
 
 
-def prompt_at(schedule: tuple[PromptChange, ...], at_s: float) -> PromptChange | None:
-    """The prompt in force `at_s` seconds into the bag (None before the first change)."""
-    current = None
-    for change in schedule:
+def prompt_index(schedule: tuple[PromptChange, ...], at_s: float) -> int:
+    """Index of the prompt in force `at_s` seconds into the bag (-1 before the first one)."""
+    current = -1
+    for i, change in enumerate(schedule):
         if change.at_s > at_s:
             break
-        current = change
+        current = i
     return current
+
+
+def prompt_at(schedule: tuple[PromptChange, ...], at_s: float) -> PromptChange | None:
+    """The prompt in force `at_s` seconds into the bag (None before the first change)."""
+    i = prompt_index(schedule, at_s)
+    return None if i < 0 else schedule[i]

@@ -6,8 +6,10 @@ latency from the predictor's own timings (SAM-HQ / DINOv2 encode, text cold / ca
 similarity, prompt, decode, post-processing), full-frame latency, extra-prompt latency on a
 cached frame and the reuse ratio, k prompts per frame (1, 2, 4, 8), peak memory.
 Node level: the real node in a subprocess; image-publish -> mask-receipt latency, the node's
-own overhead (conversion + publishing) as a share of the pipeline time, and a 30 Hz stream's
-processed-frame age and drop rate. Writes ``bench_<preset>_<device>_<dtype>.{json,md}``.
+own overhead (conversion + publishing) as a share of the pipeline time, a 30 Hz stream's
+processed-frame age and drop rate, and (``--rgbd``, the node with use_depth) the RGB-D grasp
+stage's cost on a synthetic RGB-D scene as a share of the pipeline (target: <= 5 % on the
+tiny preset). Writes ``bench_<preset>_<device>_<dtype>.{json,md}``.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ import numpy as np
 
 from talk2sam_ros.common.cli import CliParser, UsageError, run_cli
 from talk2sam_ros.common.timing import Stopwatch, summarize
-from talk2sam_ros.model.config import DTYPE_ALIASES, DTYPE_NAMES, PRESET_NAMES, dtype_name
+from talk2sam_ros.model.config import (DTYPE_ALIASES, DTYPE_NAMES, PRESET_NAMES, RUNTIMES,
+                                       dtype_name)
 
 LOG = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class BenchConfig:
     dtype: str = "float32"  # float32 | float16 | bfloat16 (or fp32 / fp16 / bf16)
     sdpa: bool = True  # scaled_dot_product_attention in the encoders (where the model allows)
     compile: bool = False  # torch.compile the frozen image encoders
+    runtime: str = "torch"  # image encoders: torch | onnxruntime (side by side with torch)
     runs: int = 10
     warmup: int = 2
     image_size: tuple[int, int] = (640, 480)  # width, height of the benchmark frames
@@ -57,6 +61,7 @@ class BenchConfig:
     node_frames: int = 10  # one-at-a-time frames for end-to-end latency
     stream_hz: float = 30.0
     stream_seconds: float = 5.0
+    rgbd: bool = True  # the node with use_depth: the 3D stage on RGB-D frames
     node_timeout_s: float = 600.0  # node start / first answer (real-size presets on CPU)
     out: Path = Path("bench_out")
 
@@ -132,7 +137,8 @@ def build_predictor(cfg: BenchConfig) -> tuple[Any, Any, dict[str, str]]:
 
     spec = InferenceSpec(preset=cfg.preset, device=cfg.device, dtype=cfg.dtype,
                          allow_random_weights=not cfg.checkpoints_from_cache,
-                         overrides={"compile": cfg.compile, "sam_sdpa": cfg.sdpa})
+                         overrides={"compile": cfg.compile, "sam_sdpa": cfg.sdpa,
+                                    "runtime": cfg.runtime})
     with _sdpa(cfg.sdpa):
         loaded = load_for_inference(spec)
     files = {part: str(path) for part, path in loaded.checkpoints.items()}
@@ -180,6 +186,7 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
     import torch
 
     from talk2sam_ros.model.profile import profile_predictor
+    from talk2sam_ros.model.runtime_compare import compare_runtimes
     from talk2sam_ros.model.timing import device_sync
 
     model, pred, files = build_predictor(cfg)
@@ -188,6 +195,8 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     prof = profile_predictor(model=model, runs=cfg.runs, warmup=cfg.warmup, image_size=(h, w))
+    runtimes = (compare_runtimes(model, prof, runs=cfg.runs, warmup=cfg.warmup,
+                                 image_size=(h, w)) if cfg.runtime != "torch" else None)
     stages = {ours: _from_profile(prof["stages"][theirs])
               for theirs, ours in _PROFILE_STAGES.items() if theirs in prof["stages"]}
     totals = {ours: _from_profile(prof["stages"][theirs])
@@ -235,6 +244,7 @@ def bench_model(cfg: BenchConfig) -> dict[str, Any]:
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "weights": files,
         "profile": prof,
+        "runtimes": runtimes,
     }
 
 
@@ -247,10 +257,12 @@ def bench_node(cfg: BenchConfig) -> dict[str, Any]:
     from talk2sam_ros.tools.harness import NodeHarness, NodeSettings, keep_dds_on_loopback
 
     keep_dds_on_loopback()
-    # Reliable image QoS: a frame lost in transport would stall the one-at-a-time loop.
+    # Reliable image QoS: a frame lost in transport would stall the one-at-a-time loop. With
+    # use_depth, the 3D stage runs only once its outputs have subscribers (the RGB-D phase).
     settings = NodeSettings(preset=cfg.preset, device=cfg.device, dtype=cfg.dtype,
                             checkpoints_from_cache=cfg.checkpoints_from_cache,
-                            extra={"qos_reliability": "reliable"})
+                            extra={"qos_reliability": "reliable", "use_depth": cfg.rgbd,
+                                   "runtime": cfg.runtime})
     frames = bench_frames(cfg.image_size, max(cfg.node_frames, 8), seed=3)
     box = prompt_boxes(cfg.image_size, 1)[0]
     log = cfg.out / f"node_{cfg.preset}_{cfg.device.replace(':', '')}.log"
@@ -263,6 +275,7 @@ def bench_node(cfg: BenchConfig) -> dict[str, Any]:
         singles = [h.send_and_wait(frames[i % len(frames)]) for i in range(cfg.node_frames)]
         singles = [r for r in singles if r is not None]
         stream = h.stream(frames, cfg.stream_hz, cfg.stream_seconds)
+        rgbd = bench_rgbd(h, cfg) if cfg.rgbd else None
     e2e = [r.latency_ms for r in singles]
     stage_ms: dict[str, list[float]] = {}
     for r in singles:
@@ -278,6 +291,55 @@ def bench_node(cfg: BenchConfig) -> dict[str, Any]:
         "stream": stream,
         "frames_answered": len(singles),
         "frames_sent": cfg.node_frames,
+        "rgbd": rgbd,
+    }
+
+
+RGBD_OUTPUTS = ("grasp", "grasp_pose", "grasp_markers", "object_points")
+
+
+def rgbd_scene(size: tuple[int, int]) -> Any:
+    """The benchmark's RGB-D frame: the shared tilted-plane scene at `size` (W, H), focal
+    length scaled with the width."""
+    from talk2sam_ros.grasp.synthetic import render_scene, scene_specs
+
+    w, h = size
+    f = 600.0 * w / 640.0
+    return render_scene(dataclasses.replace(scene_specs()["tilted_sine"], width=w, height=h,
+                                            fx=f, fy=f))
+
+
+def bench_rgbd(h: Any, cfg: BenchConfig) -> dict[str, Any]:
+    """The RGB-D grasp stage (node stage `grasp3d`: pairing, depth decoding, 3D grasp,
+    markers, a max_cloud_points cloud, publishing) on one-at-a-time RGB-D frames of a
+    synthetic scene, every 3D output subscribed; its share of each frame's pipeline."""
+    scene = rgbd_scene(cfg.image_size)
+    ys, xs = np.nonzero(scene.mask)
+    box = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
+    h.listen(RGBD_OUTPUTS)
+    h.set_prompt(cfg.text, box)
+    for _ in range(3):  # until the node sees the new subscriptions: frames with the 3D stage
+        warm = h.wait_frame(h.send_rgbd(scene.rgb, scene.depth_raw, scene.camera), h.timeout_s)
+        if warm is not None and "grasp3d" in warm.stages:
+            break
+    runs = [h.wait_frame(h.send_rgbd(scene.rgb, scene.depth_raw, scene.camera))
+            for _ in range(cfg.node_frames)]
+    runs = [r for r in runs if r is not None and "grasp3d" in r.stages]
+    statuses: dict[str, int] = {}
+    for r in runs:
+        status = r.outputs["grasp"].depth_status if "grasp" in r.outputs else "?"
+        statuses[status] = statuses.get(status, 0) + 1
+    parts = sorted({name for r in runs for name in r.stages if name.startswith("grasp3d.")})
+    return {
+        "scene": f"synthetic tilted_sine {scene.spec.width}x{scene.spec.height}",
+        "frames": len(runs),
+        "grasp3d_ms": summarize([r.stages["grasp3d"] for r in runs]),
+        "grasp3d_share_pct": summarize([100.0 * r.stages["grasp3d"] / r.pipeline_ms
+                                        for r in runs if r.pipeline_ms > 0]),
+        "pipeline_ms": summarize([r.pipeline_ms for r in runs]),
+        "parts_ms": {name: summarize([r.stages[name] for r in runs if name in r.stages])
+                     for name in parts},
+        "depth_status": statuses,
     }
 
 
@@ -298,11 +360,13 @@ def _weights_text(model_result: dict[str, Any] | None) -> str:
 
 def to_markdown(result: dict[str, Any]) -> str:
     """The report as Markdown tables (what docs/README show)."""
+    from talk2sam_ros.model.runtime_compare import comparison_markdown
+
     cfg, m = result["config"], result.get("model")
     mach = result["machine"]
     where = mach.get("gpu") or f"{mach['cpu']} ({mach['torch_threads']} torch threads)"
     lines = [f"### talk2sam-bench: preset `{cfg['preset']}`, {cfg['device']}, {cfg['dtype']}"
-             f"{', compiled' if cfg['compile'] else ''}"
+             f", runtime {cfg.get('runtime', 'torch')}{', compiled' if cfg['compile'] else ''}"
              f"{'' if cfg['sdpa'] else ', no SDPA'}", "",
              f"Machine: {where}; torch {mach['torch']}; frames {cfg['image_size'][0]}x"
              f"{cfg['image_size'][1]}; {cfg['runs']} runs after {cfg['warmup']} warm-up; "
@@ -331,6 +395,9 @@ def to_markdown(result: dict[str, Any]) -> str:
                    if "cuda_max_allocated_mib" in mem else
                    f"process RSS peak {_fmt(mem.get('rss_peak_mib'), 0)} MiB")
         lines += ["", f"Peak memory: {mem_txt}; parameters {_fmt(m['parameters_m'], 1)} M."]
+        if m.get("runtimes"):
+            lines += ["", "Runtimes side by side (same model and weights):", "",
+                      comparison_markdown(m["runtimes"]).rstrip()]
     n = result.get("node")
     if n:
         st = n["stream"]
@@ -351,6 +418,18 @@ def to_markdown(result: dict[str, Any]) -> str:
                   f"{st['rate_hz']:.0f} Hz stream for {st['seconds']:.1f} s: {st['sent']} sent, "
                   f"{st['processed']} processed, drop rate {_fmt(100 * st['drop_rate'])} %, "
                   f"{_fmt(st['processed_hz'])} results/s."]
+        rgbd = n.get("rgbd")
+        if rgbd and rgbd["frames"]:
+            lines += ["", f"| RGB-D grasp stage (use_depth; {rgbd['scene']}, "
+                      f"{rgbd['frames']} frames) | median | p90 |", "|---|---:|---:|"]
+            rows = [("3D stage `grasp3d` (ms)", rgbd["grasp3d_ms"], 2),
+                    ("3D stage share of pipeline (%)", rgbd["grasp3d_share_pct"], 2),
+                    ("pipeline of those frames (ms)", rgbd["pipeline_ms"], 1),
+                    *((f"`{k}` (ms)", v, 2) for k, v in rgbd["parts_ms"].items())]
+            lines += [f"| {label} | {_fmt(s.get('median'), d)} | {_fmt(s.get('p90'), d)} |"
+                      for label, s, d in rows]
+            lines += ["", "depth_status of those frames: " + ", ".join(
+                f"{k or '(none)'} {v}" for k, v in sorted(rgbd["depth_status"].items())) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -383,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=d.sdpa,
                    help="fused scaled-dot-product attention in the encoders")
     p.add_argument("--compile", action="store_true", help="torch.compile the image encoders")
+    p.add_argument("--runtime", default=d.runtime, choices=RUNTIMES,
+                   help="image encoders' runtime; onnxruntime is also timed against torch")
     p.add_argument("--runs", type=int, default=d.runs)
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--image-size", default="640x480", help="WxH of the frames (640x480)")
@@ -395,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-frames", type=int, default=d.node_frames)
     p.add_argument("--stream-hz", type=float, default=d.stream_hz)
     p.add_argument("--stream-seconds", type=float, default=d.stream_seconds)
+    p.add_argument("--rgbd", action=argparse.BooleanOptionalAction, default=d.rgbd,
+                   help="the node with use_depth: also measure the RGB-D grasp stage on a "
+                        "synthetic RGB-D scene (default on)")
     p.add_argument("--out", default=str(d.out), help="output folder for JSON + Markdown")
     return p
 
@@ -412,11 +496,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise UsageError("--stream-hz must be > 0 and --stream-seconds >= 0")
     return BenchConfig(preset=args.preset, device=args.device, dtype=dtype_name(args.dtype),
                        sdpa=args.sdpa,
-                       compile=args.compile, runs=args.runs, warmup=args.warmup,
+                       compile=args.compile, runtime=args.runtime, runs=args.runs,
+                       warmup=args.warmup,
                        image_size=(w, h), text=args.text,
                        checkpoints_from_cache=args.checkpoints_from_cache, node=args.node,
                        node_frames=args.node_frames, stream_hz=args.stream_hz,
-                       stream_seconds=args.stream_seconds, out=Path(args.out))
+                       stream_seconds=args.stream_seconds, rgbd=args.rgbd, out=Path(args.out))
 
 
 def _bench(argv: list[str] | None) -> int:

@@ -4,7 +4,8 @@ and collects its outputs by source stamp. Used by talk2sam-demo, talk2sam-bench 
 Pieces, each usable alone:
 
 - ``start_process`` / ``stop_process``: a child with its output in a log file; stopped with
-  SIGINT (rclpy shuts down cleanly), killed if it hangs.
+  SIGINT (rclpy shuts down cleanly), a second SIGINT if it still waits for a frame, killed if
+  it hangs.
 - :class:`NodeSettings`: the node's command line (preset, device, dtype, checkpoint_<part>,
   other parameters), spelled as the node's parameter table spells them.
 - :class:`NodeClient`: an rclpy node in its own Context. Publishes an image with any header
@@ -42,21 +43,29 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
+from visualization_msgs.msg import MarkerArray
 
 from talk2sam_ros.common.timing import summarize
 from talk2sam_ros.common.transport import chosen_profile, profile_variables
 from talk2sam_ros.model.config import dtype_name
-from talk2sam_ros.msg import GraspCandidate, SegmentationResult, TextBoxPrompt
+from talk2sam_ros.msg import TextBoxPrompt
 from talk2sam_ros.ros import conversions as conv
-from talk2sam_ros.ros.params import DIAGNOSTICS_TOPIC, NODE_NAME, PUBLICATIONS
+from talk2sam_ros.ros import grasp3d_messages as gm
+from talk2sam_ros.ros.messages import message_class
+from talk2sam_ros.ros.params import (DIAGNOSTICS_TOPIC, NODE_NAME, PUBLICATIONS, RGBD_PUBLICATIONS,
+                                     TOPIC_BY_NAME)
 
 Stamp = tuple[int, int]  # (sec, nanosec) of a header: the key of a frame and its outputs
 
+# Every output of the node's topic table with its message class (new outputs come with it);
+# the 3D ones (use_depth) apart: listened to only when asked for, since a node without
+# use_depth does not advertise them.
 OUTPUT_TYPES: dict[str, type] = {
-    topic: {"result": SegmentationResult, "grasp": GraspCandidate}.get(topic, Image)
-    for topic in PUBLICATIONS}
+    topic: message_class(TOPIC_BY_NAME[topic].msg_type) for topic in PUBLICATIONS}
+RGBD_OUTPUT_TYPES: dict[str, type] = {
+    topic: message_class(TOPIC_BY_NAME[topic].msg_type) for topic in RGBD_PUBLICATIONS}
 CATEGORY_PROMPT_ID = -1  # the node answers `category` prompts with this id
 # Top-level stages of SegmentationResult.timing that are model work; every other top-level
 # lap (convert, publish_masks, grasp, overlay, ...) is the node's own overhead.
@@ -70,7 +79,11 @@ TRANSITIONS = {"configure": Transition.TRANSITION_CONFIGURE,
                "shutdown": Transition.TRANSITION_INACTIVE_SHUTDOWN}
 NODE_MODULE = "talk2sam_ros.ros.node"  # what `ros2 launch` / `ros2 run` run
 START_TIMEOUT_S = 150.0  # node start-up (torch import + tiny model) on a loaded 2-core machine
-STOP_TIMEOUT_S = 15.0  # a node that ignores SIGINT this long is killed
+# Stopping the node: SIGINT; after HURRY_AFTER_S a second SIGINT (stop waiting for the frame
+# in progress); killed STOP_TIMEOUT_S after the first if it still runs (its teardown and
+# interpreter exit, freeing torch, take seconds on a loaded machine).
+HURRY_AFTER_S = 10.0
+STOP_TIMEOUT_S = 30.0
 DIAGNOSTICS_WAIT_S = 10.0
 
 
@@ -131,13 +144,19 @@ def start_process(cmd: Sequence[str], log_path: str | os.PathLike,
                                 env=None if env is None else dict(env), cwd=cwd)
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> int:
-    """SIGINT, then kill after `timeout` s; a second Ctrl-C while waiting kills at once.
-    Returns the exit code."""
+def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S,
+                 hurry_after: float = HURRY_AFTER_S) -> int:
+    """SIGINT; a second SIGINT after `hurry_after` s (the node then stops waiting for the frame
+    in progress, docs/node.md "Stopping"); kill after `timeout` s in all. A Ctrl-C here while
+    waiting kills at once. Returns the exit code."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout)
+            try:
+                proc.wait(min(hurry_after, timeout))
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(max(timeout - hurry_after, 0.1))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout)
@@ -228,6 +247,12 @@ class Received:
     at: float
 
 
+def output_header(msg: Any) -> Header:
+    """The source frame's header an output carries (a MarkerArray: on each of its markers,
+    and the node always sends at least one)."""
+    return msg.markers[0].header if isinstance(msg, MarkerArray) else msg.header
+
+
 class Outputs:
     """What the node published: by topic in arrival order, and by source stamp (every output
     carries the header of the frame it answers)."""
@@ -239,7 +264,7 @@ class Outputs:
 
     def add(self, item: Received) -> None:
         self.by_topic[item.topic].append(item)
-        self.by_stamp[conv.stamp_key(item.msg.header)][item.topic].append(item)
+        self.by_stamp[conv.stamp_key(output_header(item.msg))][item.topic].append(item)
 
     def latest(self, stamp: Stamp, topic: str, match: Callable[[Any], bool] | None = None
                ) -> Received | None:
@@ -270,14 +295,16 @@ class NodeClient:
         self.check: Callable[[], None] | None = None  # run while waiting; may raise
         self.output_topics = tuple(dict.fromkeys(outputs))
         for topic in self.output_topics:
-            self.node.create_subscription(OUTPUT_TYPES[topic], topic, self._recorder(topic),
-                                          RELIABLE)
+            self.listen(topic)
         self._diagnostics_sub = self.node.create_subscription(
             DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, 50)
         self.image_pub = self.node.create_publisher(
             CompressedImage if compressed else Image, image_topic, RELIABLE)
         self.prompt_pub = self.node.create_publisher(TextBoxPrompt, "prompt", RELIABLE)
         self.category_pub = self.node.create_publisher(String, "category", RELIABLE)
+        # RGB-D inputs (the node's use_depth): depth and camera_info with the colour stamp
+        self.depth_pub = self.node.create_publisher(Image, "depth", RELIABLE)
+        self.camera_info_pub = self.node.create_publisher(CameraInfo, "camera_info", RELIABLE)
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -291,6 +318,13 @@ class NodeClient:
             if self.on_output is not None:
                 self.on_output(item)
         return record
+
+    def listen(self, topic: str) -> Any:
+        """Record every message the node publishes on `topic` (an output, 2D or 3D); returns
+        the subscription (destroy it to stop)."""
+        kind = OUTPUT_TYPES.get(topic) or RGBD_OUTPUT_TYPES[topic]
+        self.output_topics = tuple(dict.fromkeys((*self.output_topics, topic)))
+        return self.node.create_subscription(kind, topic, self._recorder(topic), RELIABLE)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -346,6 +380,11 @@ class NodeClient:
             and all(self.node.count_publishers(self.node.resolve_topic_name(t)) > 0
                     for t in self.output_topics), timeout)
 
+    def wait_rgbd_active(self, timeout: float = START_TIMEOUT_S) -> bool:
+        """Until the node (use_depth) subscribes to our depth and camera_info."""
+        return self.spin_until(lambda: self.depth_pub.get_subscription_count() > 0
+                               and self.camera_info_pub.get_subscription_count() > 0, timeout)
+
     def wait_diagnostics_matched(self, timeout: float = DIAGNOSTICS_WAIT_S) -> bool:
         """Until a /diagnostics publisher is matched (a status published then reaches us)."""
         return self.spin_until(lambda: self._diagnostics_sub.get_publisher_count() > 0,
@@ -387,6 +426,29 @@ class NodeClient:
         if stamp is not None:
             msg.header.stamp = stamp.stamp
         self.prompt_pub.publish(msg)
+
+    def publish_depth(self, depth: np.ndarray | Image, header: Header) -> None:
+        """A depth image: (H, W) uint16 mm (16UC1) or float32 m (32FC1), or a ready Image
+        (sent as it is, e.g. a malformed one); stamped with `header`."""
+        msg = depth if isinstance(depth, Image) else gm.depth_msg(depth, header)
+        msg.header = conv.copy_header(header)
+        self.depth_pub.publish(msg)
+
+    def publish_camera_info(self, camera: Any, header: Header) -> None:
+        """CameraInfo of a grasp.CameraModel, or a ready CameraInfo; stamped with `header`."""
+        msg = camera if isinstance(camera, CameraInfo) else gm.camera_info_msg(camera, header)
+        msg.header = conv.copy_header(header)
+        self.camera_info_pub.publish(msg)
+
+    def publish_rgbd(self, rgb: np.ndarray, depth: np.ndarray | Image, camera: Any,
+                     encoding: str = "rgb8", header: Header | None = None) -> Header:
+        """An RGB-D frame as a camera driver sends it: depth and camera_info, then the colour
+        image, all with one header (default: stamped now); returns the header. Depth first,
+        so it has arrived when the node pairs it with the frame."""
+        header = header or stamped_header(self.frame_id)
+        self.publish_depth(depth, header)
+        self.publish_camera_info(camera, header)
+        return self.publish_image(rgb, encoding, header)
 
     def publish_category(self, text: str) -> None:
         self.category_pub.publish(String(data=text))
@@ -456,16 +518,23 @@ class NodeHarness:
     Use as a context manager. Everything runs on domain_id() with DDS on loopback. On
     entry the node is brought to active: a node whose configure failed (missing or refused
     weights, bad parameters) gives NodeError with the node's own reason from /diagnostics.
+
+    image_topic / compressed / on_output go to the NodeClient (e.g. a bag player: compressed
+    frames on `image/compressed`, a recorder of the outputs).
     """
 
     def __init__(self, settings: NodeSettings, log_path: str | os.PathLike,
                  timeout_s: float = START_TIMEOUT_S, outputs: Sequence[str] = ("result", "mask"),
-                 frame_id: str = "camera") -> None:
+                 frame_id: str = "camera", *, image_topic: str = "image",
+                 compressed: bool = False,
+                 on_output: Callable[[Received], None] | None = None) -> None:
         self.settings = settings
         self.log_path = Path(log_path)
         self.timeout_s = timeout_s
         self.output_topics = tuple(dict.fromkeys(("result", *outputs)))
         self.frame_id = frame_id
+        self._client_options = {"image_topic": image_topic, "compressed": compressed,
+                                "on_output": on_output}
         self.domain = domain_id()
         self.proc: subprocess.Popen | None = None
         self.client: NodeClient | None = None
@@ -495,7 +564,7 @@ class NodeHarness:
         rclpy.init(context=self._context, domain_id=self.domain)
         self.client = NodeClient(self._context, node_name=self.settings.node_name,
                                  outputs=self.output_topics, frame_id=self.frame_id,
-                                 name="talk2sam_tool_client")
+                                 name="talk2sam_tool_client", **self._client_options)
         self.client.check = self._check_alive
         self._bring_up()
 
@@ -595,26 +664,65 @@ class NodeHarness:
         got = self.client.outputs.latest(stamp, "result")
         return got if got and got.msg.prompt_id == pid and got.msg.text == text else None
 
-    def wait_frame(self, stamp: Stamp, timeout: float | None = None) -> FrameResult | None:
-        """The node's answer to frame `stamp` under the active prompt (None on timeout)."""
+    def wait_frame(self, stamp: Stamp, timeout: float | None = None,
+                   others: Sequence[str] | None = None) -> FrameResult | None:
+        """The node's answer to frame `stamp` under the active prompt (None on timeout);
+        `others`: as for wait_answer."""
         assert self._active_prompt is not None, "set_prompt first"
-        pid, text = self._active_prompt
+        return self.wait_answer(stamp, *self._active_prompt, timeout, others)
+
+    def wait_answer(self, stamp: Stamp, pid: int, text: str, timeout: float | None = None,
+                    others: Sequence[str] | None = None, others_s: float = 2.0
+                    ) -> FrameResult | None:
+        """The node's answer to frame `stamp` for prompt (pid, text), e.g. a stamped prompt;
+        None on timeout. The frame's `others` outputs (default: all we listen to; the node
+        publishes `result` last) are awaited `others_s` s at most."""
         timeout = self.answer_timeout_s if timeout is None else timeout
         client = self.client
         if not client.spin_until(lambda: self._answer(stamp, pid, text) is not None, timeout):
             return None
-        wanted = [t for t in self.output_topics if t != "result"]
-        client.spin_until(lambda: all(client.outputs.latest(stamp, t) for t in wanted), 2.0)
-        result = self._answer(stamp, pid, text)
+        wanted = [t for t in (self.output_topics if others is None else others)
+                  if t != "result"]
+        client.spin_until(lambda: all(client.outputs.latest(stamp, t) for t in wanted),
+                          others_s)
+        return self.frame_result(stamp, self._answer(stamp, pid, text))
+
+    def frame_result(self, stamp: Stamp, result: Received) -> FrameResult:
+        """FrameResult of frame `stamp` from its `result` and the outputs received for it."""
+        client = self.client
         got = {t: client.outputs.latest(stamp, t) for t in self.output_topics}
+        got["result"] = result
         done = got["mask"].at if got.get("mask") else result.at
         return FrameResult(stamp, result.msg, {t: r.msg for t, r in got.items() if r},
                            (done - client.sent[stamp]) * 1e3,
                            {s.stage: float(s.ms) for s in result.msg.timing})
 
+    def listen(self, topics: Sequence[str]) -> None:
+        """Also collect these outputs from now on (e.g. the 3D ones of a use_depth node,
+        which computes them only while they have a subscriber); wait_frame then waits for
+        them too. The node needs a moment to see the new subscriptions."""
+        for topic in topics:
+            if topic not in self.output_topics:
+                self.client.listen(topic)
+        self.output_topics = tuple(dict.fromkeys((*self.output_topics, *topics)))
+
+    def send_rgbd(self, rgb: np.ndarray, depth: np.ndarray, camera: Any) -> Stamp:
+        """Publish an RGB-D frame (depth, camera_info, colour; publish_rgbd) stamped now;
+        returns its stamp. For a node with use_depth (wait_frame then collects its 3D
+        outputs too, if listened to)."""
+        header = self.client.publish_rgbd(rgb, depth, camera, "rgb8",
+                                          stamped_header(self.frame_id))
+        self._last_stamp = conv.stamp_key(header)
+        return self._last_stamp
+
     def send_and_wait(self, rgb: np.ndarray, timeout: float | None = None
                       ) -> FrameResult | None:
         return self.wait_frame(self.send_image(rgb), timeout)
+
+    def measured(self, res: FrameResult) -> None:
+        """Tighten the answer timeout to this answer's latency (x20, 30 s at least)."""
+        self.latency_estimate_s = res.latency_ms / 1e3
+        self.answer_timeout_s = min(self.timeout_s, max(30.0, 20 * self.latency_estimate_s))
 
     def warm_up(self, rgb: np.ndarray, tries: int = 3) -> FrameResult:
         """A first answered frame (lazy initialisation; its numbers are not kept). Retried:
@@ -622,10 +730,24 @@ class NodeHarness:
         for _ in range(tries):
             res = self.send_and_wait(rgb, self.timeout_s)
             if res is not None:
-                self.latency_estimate_s = res.latency_ms / 1e3
-                self.answer_timeout_s = min(self.timeout_s, max(30.0, 20 * res.latency_ms / 1e3))
+                self.measured(res)
                 return res
         raise NodeError(f"the node answered none of {tries} warm-up frames; see {self.log_path}")
+
+    def wait_stragglers(self) -> None:
+        """After a stream: the node holds at most the frame in work plus the newest pending
+        one, so spin until results stop coming for ~2.5 frame times (bounded by
+        answer_timeout_s)."""
+        results = self.client.outputs.by_topic["result"]
+        quiet_s = max(3.0, 2.5 * self.latency_estimate_s)
+        quiet_until = time.monotonic() + quiet_s
+        seen = len(results)
+        deadline = time.monotonic() + max(quiet_s, self.answer_timeout_s)
+        while time.monotonic() < min(quiet_until, deadline):
+            self.client.executor.spin_once(timeout_sec=0.05)
+            if len(results) != seen:
+                seen = len(results)
+                quiet_until = time.monotonic() + quiet_s
 
     def stream(self, frames: Sequence[np.ndarray], rate_hz: float, seconds: float
                ) -> dict[str, Any]:
@@ -653,17 +775,7 @@ class NodeHarness:
             i += 1
         wall = time.monotonic() - start
         sent = set(stamps)
-        # Stragglers: the node holds at most the frame in work plus the newest pending one, so
-        # wait until answers stop coming for ~2.5 frame times (bounded by answer_timeout_s).
-        quiet_s = max(3.0, 2.5 * self.latency_estimate_s)
-        quiet_until = time.monotonic() + quiet_s
-        seen = len(results)
-        deadline = time.monotonic() + max(quiet_s, self.answer_timeout_s)
-        while time.monotonic() < min(quiet_until, deadline):
-            client.executor.spin_once(timeout_sec=0.05)
-            if len(results) != seen:
-                seen = len(results)
-                quiet_until = time.monotonic() + quiet_s
+        self.wait_stragglers()
         answers = [r for r in results[first_result:] if conv.stamp_key(r.msg.header) in sent]
         done = {conv.stamp_key(r.msg.header) for r in answers}
         ages = [float(r.msg.frame_age_ms) for r in answers]

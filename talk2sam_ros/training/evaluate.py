@@ -45,6 +45,7 @@ from talk2sam_ros.common.metrics import binarize_gt, boundary_iou, mask_iou
 from talk2sam_ros.common.timing import Stopwatch
 from talk2sam_ros.model import transforms as T
 from talk2sam_ros.model.build import load_trained_weights
+from talk2sam_ros.model.config import RUNTIMES
 from talk2sam_ros.model.errors import CheckpointError
 from talk2sam_ros.model.talk2sam import ImageFeatures, Talk2SAM
 from talk2sam_ros.model.timing import device_sync
@@ -83,6 +84,7 @@ class EvalConfig:
     dilation_ratio: float = 0.02
     grid_rows: int = 6
     device: str = "auto"
+    runtime: str = "torch"  # image encoders: torch | onnxruntime (ModelConfig.runtime)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -174,7 +176,8 @@ def build_eval_model(cfg: EvalConfig) -> Heads:
         "sam_hq": cfg.checkpoint_sam_hq, "dinov2": cfg.checkpoint_dinov2,
         "clip": cfg.checkpoint_clip, "projection": cfg.checkpoint_projection,
         "talk2sam": cfg.checkpoint_talk2sam}, weights_dir=cfg.weights_dir,
-        allow_random_weights=cfg.allow_random_weights, device=cfg.device, dtype="float32")
+        allow_random_weights=cfg.allow_random_weights, device=cfg.device, dtype="float32",
+        overrides={"runtime": cfg.runtime})
     loaded = load_for_inference(spec, load_head=False)
     return Heads(loaded.model, str(loaded.checkpoints.get("talk2sam", "")))
 
@@ -373,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dilation_ratio", type=float, default=0.02)
     p.add_argument("--grid_rows", type=int, default=6)
     p.add_argument("--device", default="auto")
+    p.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                   help="where the image encoders run (onnxruntime: validated ONNX exports)")
     p.add_argument("--no_progress", action="store_true")
     return p
 
@@ -390,7 +395,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
                       limit=args.limit, multi_box=args.multi_box,
                       default_category=args.default_category,
                       dilation_ratio=args.dilation_ratio, grid_rows=args.grid_rows,
-                      device=args.device, progress=not args.no_progress)
+                      device=args.device, runtime=args.runtime,
+                      progress=not args.no_progress)
 
 
 # what talk2sam-eval reports as one error line: bad options, specs or paths, unreadable

@@ -30,6 +30,7 @@ class InferenceSpec:
     device: str = "auto"
     dtype: str = "auto"
     overrides: Mapping[str, Any] = field(default_factory=dict)  # ModelConfig fields
+    export_dir: str = ""  # ONNX exports (runtime onnxruntime); "": <weights cache>/exports
 
 
 def resolve(name_or_path: PathLike, cache_dir: PathLike | None = None,
