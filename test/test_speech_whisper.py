@@ -172,6 +172,10 @@ def test_commands_give_their_category_from_the_vocabulary_never_the_verb(whisper
         assert 0.0 <= r.confidence <= 1.0 and r.accepted == bool(r.category)
         assert r.candidate and parse_command(f"find {r.candidate}".split(), vocab), r
         assert not any(v in r.candidate.split() for v in ("pick", "find", "grab", "point"))
+        # What it chose among (the evaluation's oracle): distinct categories, best first.
+        assert r.alternatives[0] == r.candidate and len(set(r.alternatives)) == len(
+            r.alternatives) and all(parse_command(f"find {a}".split(), vocab)
+                                    for a in r.alternatives)
         expected = parse_command(item.text.split(), vocab).category
         correct += r.category == expected
     # Binomial: 5+ of 6 by luck is p < 1e-20 against uniform guessing of 10,670 categories.

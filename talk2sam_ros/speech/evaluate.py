@@ -259,6 +259,18 @@ DESCRIPTIONS = {
 }
 
 
+def oracle(items: Sequence[SpokenItem], decoded: Decoded, vocab: Vocabulary) -> dict:
+    """Upper bounds of the candidate choice: the share of items whose chosen candidate is
+    right before any rejection (min_confidence 0), and whose right category is among the
+    categories the recogniser chose from (a perfect choice; 0 for a backend without
+    alternatives)."""
+    refs = [reference_category(i.text, vocab) for i in items]
+    chosen = sum(c == ref for ref, c in zip(refs, decoded.candidates))
+    among = sum(any(ref in r.alternatives for r in results)
+                for ref, results in zip(refs, decoded.results))
+    return {"chosen_right": chosen / len(items), "among_candidates": among / len(items)}
+
+
 def build_system(name: str, vocab: Vocabulary):
     from talk2sam_ros.speech.backends import build_recognizer
 
@@ -295,7 +307,7 @@ def evaluate(systems: Sequence[str], noises: Sequence[str], voices_per_text: int
             # The endpointer is the same for every backend: one utterance per command?
             single = sum(len(r) == 1 for r in decoded.results) / len(items)
             row[noise] = {"word_accuracy": s.word_accuracy, "exact": s.exact,
-                          "one_utterance": single}
+                          "one_utterance": single, **oracle(items, decoded, vocab)}
             if noise == "clean":
                 latencies = decoded.latencies_s
                 row["errors"] = [(i.text, i.voice, i.wpm, p) for i, p, ok in
@@ -353,6 +365,12 @@ def markdown(report: dict) -> str:
                  f"(uniform over the categories) {100 * report['chance_exact']:.4f} % exact; "
                  f"{report['cpu_count']} CPUs, load average {report['load_average']:.1f} at "
                  "the start.")
+    for name, row in report["systems"].items():
+        if any(row[n]["among_candidates"] for n in noises):
+            lines.append(f"{name}: right category chosen before rejection / among the "
+                         "candidates (perfect choice): " + ", ".join(
+                             f"{n} {100 * row[n]['chosen_right']:.1f} / "
+                             f"{100 * row[n]['among_candidates']:.1f} %" for n in noises))
     first = next(iter(report["systems"].values()))
     lines.append("endpointer, one utterance per command: " + ", ".join(
         f"{n} {100 * first[n]['one_utterance']:.1f} %" for n in noises if n in first))

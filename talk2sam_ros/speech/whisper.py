@@ -239,8 +239,11 @@ class WhisperRecognizer:
         reason = "" if accepted else (
             f"low confidence {confidence:.2f} < min_confidence {self.config.min_confidence:.2f}"
             f": heard {text!r}, nearest command {command.text!r}")
+        ranked = sorted(range(len(candidates)), key=lambda i: -scores[i])
+        alternatives = tuple(dict.fromkeys(candidates[i].category for i in ranked))
         return Recognition(text, command.category if accepted else "", confidence, matched,
-                           accepted, reason, candidate=command.category, **base)
+                           accepted, reason, candidate=command.category,
+                           alternatives=alternatives, **base)
 
     # ------------------------------------------------------------------ steps
     def _encode(self, samples: np.ndarray) -> _Encoded:
