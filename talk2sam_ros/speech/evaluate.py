@@ -236,32 +236,50 @@ def decode_items(items: Sequence[SpokenItem], vocab: Vocabulary, mode: str,
     return decoded.published, decoded.candidates
 
 
-# name -> (recogniser config, rescore); the rows of the tables.
-SYSTEMS: dict[str, tuple[RecognizerConfig, bool]] = {
-    "whisper": (RecognizerConfig(), True),
-    "whisper-nearest": (RecognizerConfig(), False),
-    "whisper-open": (RecognizerConfig(mode="open"), True),
-    "pocketsphinx": (RecognizerConfig(backend="pocketsphinx"), True),
-    "pocketsphinx-open": (RecognizerConfig(backend="pocketsphinx", mode="open"), True),
+# name -> (recogniser config, Whisper decode settings or None for the defaults): the rows of
+# the tables. "whisper-spelling" is the first round's default (candidates by spelling, the
+# confidence over the whole sentence), for comparison in the same run.
+SYSTEMS: dict[str, tuple[RecognizerConfig, dict | None]] = {
+    "whisper": (RecognizerConfig(), None),
+    "whisper-spelling": (RecognizerConfig(), {"by_sound": False, "verb_weight": 1.0}),
+    "whisper-nearest": (RecognizerConfig(), {"rescore": False}),
+    "whisper-open": (RecognizerConfig(mode="open"), None),
+    "pocketsphinx": (RecognizerConfig(backend="pocketsphinx"), None),
+    "pocketsphinx-open": (RecognizerConfig(backend="pocketsphinx", mode="open"), None),
 }
 DESCRIPTIONS = {
-    "whisper": "whisper, constrained (prompt + n-best + decoder rescoring; default)",
-    "whisper-nearest": "whisper, prompt + nearest command by spelling (no rescoring)",
+    "whisper": "whisper, constrained (prompt + n-best + candidates by sound + decoder "
+               "rescoring; default)",
+    "whisper-spelling": "whisper, first round (candidates by spelling, whole-sentence "
+                        "confidence)",
+    "whisper-nearest": "whisper, prompt + nearest command by sound (no rescoring)",
     "whisper-open": "whisper, open vocabulary (category found in the text)",
     "pocketsphinx": "pocketsphinx grammar",
     "pocketsphinx-open": "pocketsphinx open vocabulary",
 }
 
 
+def oracle(items: Sequence[SpokenItem], decoded: Decoded, vocab: Vocabulary) -> dict:
+    """Upper bounds of the candidate choice: the share of items whose chosen candidate is
+    right before any rejection (min_confidence 0), and whose right category is among the
+    categories the recogniser chose from (a perfect choice; 0 for a backend without
+    alternatives)."""
+    refs = [reference_category(i.text, vocab) for i in items]
+    chosen = sum(c == ref for ref, c in zip(refs, decoded.candidates))
+    among = sum(any(ref in r.alternatives for r in results)
+                for ref, results in zip(refs, decoded.results))
+    return {"chosen_right": chosen / len(items), "among_candidates": among / len(items)}
+
+
 def build_system(name: str, vocab: Vocabulary):
     from talk2sam_ros.speech.backends import build_recognizer
 
-    config, rescore = SYSTEMS[name]
-    if not rescore:
-        from talk2sam_ros.speech.whisper import DecodeSettings, WhisperRecognizer
+    config, settings = SYSTEMS[name]
+    if settings is None:
+        return build_recognizer(vocab, config)
+    from talk2sam_ros.speech.whisper import DecodeSettings, WhisperRecognizer
 
-        return WhisperRecognizer(vocab, config, DecodeSettings(rescore=False))
-    return build_recognizer(vocab, config)
+    return WhisperRecognizer(vocab, config, DecodeSettings(**settings))
 
 
 def evaluate(systems: Sequence[str], noises: Sequence[str], voices_per_text: int,
@@ -289,7 +307,7 @@ def evaluate(systems: Sequence[str], noises: Sequence[str], voices_per_text: int
             # The endpointer is the same for every backend: one utterance per command?
             single = sum(len(r) == 1 for r in decoded.results) / len(items)
             row[noise] = {"word_accuracy": s.word_accuracy, "exact": s.exact,
-                          "one_utterance": single}
+                          "one_utterance": single, **oracle(items, decoded, vocab)}
             if noise == "clean":
                 latencies = decoded.latencies_s
                 row["errors"] = [(i.text, i.voice, i.wpm, p) for i, p, ok in
@@ -347,6 +365,12 @@ def markdown(report: dict) -> str:
                  f"(uniform over the categories) {100 * report['chance_exact']:.4f} % exact; "
                  f"{report['cpu_count']} CPUs, load average {report['load_average']:.1f} at "
                  "the start.")
+    for name, row in report["systems"].items():
+        if any(row[n]["among_candidates"] for n in noises):
+            lines.append(f"{name}: right category chosen before rejection / among the "
+                         "candidates (perfect choice): " + ", ".join(
+                             f"{n} {100 * row[n]['chosen_right']:.1f} / "
+                             f"{100 * row[n]['among_candidates']:.1f} %" for n in noises))
     first = next(iter(report["systems"].values()))
     lines.append("endpointer, one utterance per command: " + ", ".join(
         f"{n} {100 * first[n]['one_utterance']:.1f} %" for n in noises if n in first))

@@ -389,7 +389,8 @@ class CommandIndex:
     Raises ValueError when the vocabulary has more than MAX_INDEXED_CATEGORIES categories.
     """
 
-    def __init__(self, vocab: Vocabulary) -> None:
+    def __init__(self, vocab: Vocabulary,
+                 lexicon: Mapping[str, Sequence[str]] | None = None) -> None:
         n_seqs = sum(_falling(len(vocab.adjectives), k) for k in range(vocab.max_adjectives + 1))
         if n_seqs * len(vocab.objects) > MAX_INDEXED_CATEGORIES:
             raise ValueError(
@@ -403,27 +404,82 @@ class CommandIndex:
                          for polite in ("", *vocab.polite) for verb in vocab.verbs
                          for det in ("", *vocab.determiners)]
         self._max_prefix_words = max(len(p.split()) for p in self.prefixes)
+        # What is compared: the spelling, or (with a lexicon) the phones, one character each.
+        self.lexicon = lexicon
+        self._prefix_keys = [self.key(p.split()) for p in self.prefixes]
+        self._category_keys = [self.key(c.split()) for c in self.categories]
+
+    def key(self, words: Sequence[str]) -> str:
+        """The string matched for `words`: their spelling, or their phones (see phone_key)."""
+        if self.lexicon is None:
+            return " ".join(words)
+        return phone_key(words, self.lexicon)
+
+    def similarity(self, words: Sequence[str], category: str) -> float:
+        """How alike `words` and `category` are, 0..100 (rapidfuzz ratio of their keys)."""
+        from rapidfuzz import fuzz
+
+        return float(fuzz.ratio(self.key(words), self.key(category.split())))
 
     def nearest(self, words: Sequence[str], limit: int = 8) -> list[tuple[Command, float]]:
         """Up to `limit` commands closest to `words` per prefix/rest split, with their costs
-        (0 = same spelling, 100 = nothing in common; character-weighted mean of both parts),
-        cheapest first."""
+        (0 = same spelling or phones, 100 = nothing in common; length-weighted mean of both
+        parts), cheapest first."""
         from rapidfuzz import fuzz, process
 
         words = list(words)
         costs: dict[Command, float] = {}
         for split in range(1, min(len(words), self._max_prefix_words + 2)):
-            head, rest = " ".join(words[:split]), " ".join(words[split:])
-            if not rest:
+            head, rest = self.key(words[:split]), self.key(words[split:])
+            if not rest or not head:
                 continue
-            prefix, head_score, _ = process.extractOne(head, self.prefixes, scorer=fuzz.ratio)
-            for category, score, _ in process.extract(rest, self.categories, scorer=fuzz.ratio,
-                                                      limit=limit):
+            _, head_score, p = process.extractOne(head, self._prefix_keys, scorer=fuzz.ratio)
+            for _, score, c in process.extract(rest, self._category_keys, scorer=fuzz.ratio,
+                                               limit=limit):
                 cost = ((100 - head_score) * len(head) + (100 - score) * len(rest)) / (
                     len(head) + len(rest))
-                key = Command(prefix, category)
+                key = Command(self.prefixes[p], self.categories[c])
                 costs[key] = min(costs.get(key, math.inf), cost)
         return sorted(costs.items(), key=lambda kv: kv[1])[:limit]
+
+
+# Phones (CMU set) as one character each, so that rapidfuzz's edit distance counts phones.
+_PHONE_CHAR = {p: chr(0x41 + i) for i, p in enumerate(sorted(PHONES))}
+# A rough phone per letter, for words that the dictionary lacks (Whisper writes any string).
+_LETTER_PHONES = dict(a="AE", b="B", c="K", d="D", e="EH", f="F", g="G", h="HH", i="IH",
+                      j="JH", k="K", l="L", m="M", n="N", o="AA", p="P", q="K", r="R", s="S",
+                      t="T", u="AH", v="V", w="W", x="K S", y="Y", z="Z")
+
+
+def phone_key(words: Sequence[str], lexicon: Mapping[str, Sequence[str]]) -> str:
+    """`words` as a string of phones, one character per phone: each word's first
+    pronunciation in `lexicon` (CMU phones), else one rough phone per letter."""
+    phones: list[str] = []
+    for word in words:
+        prons = lexicon.get(word)
+        phones += prons[0].split() if prons else [
+            p for letter in word for p in _LETTER_PHONES.get(letter, "").split()]
+    return "".join(_PHONE_CHAR[p] for p in phones if p in _PHONE_CHAR)
+
+
+def command_lexicon(vocab: Vocabulary, dictionary: str | Path | None = None
+                    ) -> dict[str, list[str]]:
+    """Pronunciations for phonetic matching: the whole CMU dictionary (transcripts may hold
+    any word; pocketsphinx's bundled one by default), the vocabulary's own table on top."""
+    lexicon = read_dictionary(Path(dictionary) if dictionary else default_dictionary_path())
+    lexicon.update({w: [p] for w, p in vocab.pronunciations.items()})
+    return lexicon
+
+
+def heard_head(words: Sequence[str], category: str) -> list[str]:
+    """The words of a transcript before the part that best matches `category` by spelling
+    ("admin to the blue pose", "blue hose" -> admin, to, the): what was heard in place of the
+    command's verb."""
+    from rapidfuzz import fuzz
+
+    words = list(words)
+    scores = [fuzz.ratio(" ".join(words[j:]), category) for j in range(len(words) + 1)]
+    return words[:int(max(range(len(scores)), key=scores.__getitem__))]
 
 
 def _falling(n: int, k: int) -> int:

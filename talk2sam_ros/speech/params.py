@@ -60,8 +60,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               "0 = off.", low=0.0, high=1000.0),
     ParamSpec("model_dir", _R.model_dir, "pocketsphinx: acoustic model directory. Empty: the "
               "en-us model bundled with the pocketsphinx wheel."),
-    ParamSpec("dictionary", _R.dictionary, "pocketsphinx: pronunciation dictionary (CMU "
-              "format). Empty: the bundled cmudict-en-us.dict."),
+    ParamSpec("dictionary", _R.dictionary, "Pronunciation dictionary (CMU format): "
+              "pocketsphinx's words; whisper: its candidates by sound. Empty: pocketsphinx's "
+              "bundled cmudict-en-us.dict."),
     ParamSpec("vad_mode", _S.vad_mode, "Voice activity detector aggressiveness, 0 (loose) to 3 "
               "(strict).", low=0, high=3),
     ParamSpec("vad_window_s", _S.window_s, "Endpointer window: speech starts/ends when "

@@ -300,6 +300,9 @@ class Recognition:
     duration_s: float
     start_s: float = 0.0
     candidate: str = ""  # the category the hypothesis would give, even when rejected
+    # Every category the recogniser chose among, best first (Whisper's rescored candidates;
+    # the evaluation's oracle: how often the right one was there at all).
+    alternatives: tuple[str, ...] = ()
 
 
 class ModelError(RuntimeError):

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from talk2sam_ros.speech.grammar import Command, CommandIndex, Vocabulary, find_category
+from talk2sam_ros.speech.grammar import (Command, CommandIndex, Vocabulary, command_lexicon,
+                                         find_category, heard_head)
 from talk2sam_ros.speech.recognizer import (SAMPLE_RATE, ModelError, Recognition,
                                             RecognizerConfig, Utterance)
 
@@ -69,6 +70,12 @@ class DecodeSettings:
     per_transcript: int = 8  # nearest commands taken per transcript
     max_candidates: int = 12  # sentences rescored per utterance
     rescore: bool = True  # False: the nearest command by spelling (for comparison)
+    by_sound: bool = True  # candidates nearest in CMU phones (False: in spelling)
+    # Confidence: weight of the verb part of the likelihood ratio when the rest of the free
+    # transcript sounds like the category (phone similarity >= rescue_similarity, 0..100);
+    # 1 = the whole sentence always counts.
+    verb_weight: float = 0.5
+    rescue_similarity: float = 80.0
 
 
 def transcript_words(text: str) -> list[str]:
@@ -162,7 +169,17 @@ class WhisperRecognizer:
                              f"'talk2sam_ros[speech]' (or use backend pocketsphinx)") from None
 
         self.vocab, self.config, self.settings = vocab, config, settings
-        self.index = CommandIndex(vocab) if config.mode == "grammar" else None
+        self.index = None
+        if config.mode == "grammar":
+            lexicon = None
+            if settings.by_sound:
+                try:
+                    lexicon = command_lexicon(vocab, config.dictionary or None)
+                except (ImportError, OSError) as exc:
+                    raise ModelError(f"backend whisper needs a CMU dictionary for its "
+                                     f"candidates: {exc} (pip install pocketsphinx, or set "
+                                     "dictionary)") from None
+            self.index = CommandIndex(vocab, lexicon)
         source = resolve_model(config.whisper_model)
         device = _device(config.whisper_device)
         compute = config.whisper_compute_type
@@ -216,14 +233,17 @@ class WhisperRecognizer:
                                        for c in candidates] + references)
         best = int(np.argmax(scores[:len(candidates)]))
         command = candidates[best]
-        llr = min(0.0, scores[best] - max(scores[len(candidates):], default=scores[best]))
+        llr = self._llr(encoded, command, scores[best], references, scores[len(candidates):])
         confidence = float(math.exp(llr / self.config.whisper_confidence_scale))
         accepted = confidence >= self.config.min_confidence
         reason = "" if accepted else (
             f"low confidence {confidence:.2f} < min_confidence {self.config.min_confidence:.2f}"
             f": heard {text!r}, nearest command {command.text!r}")
+        ranked = sorted(range(len(candidates)), key=lambda i: -scores[i])
+        alternatives = tuple(dict.fromkeys(candidates[i].category for i in ranked))
         return Recognition(text, command.category if accepted else "", confidence, matched,
-                           accepted, reason, candidate=command.category, **base)
+                           accepted, reason, candidate=command.category,
+                           alternatives=alternatives, **base)
 
     # ------------------------------------------------------------------ steps
     def _encode(self, samples: np.ndarray) -> _Encoded:
@@ -262,6 +282,36 @@ class WhisperRecognizer:
             for command, cost in self.index.nearest(words, s.per_transcript):
                 costs[command] = min(costs.get(command, math.inf), cost)
         return sorted(costs, key=costs.__getitem__)[:s.max_candidates]
+
+    def _llr(self, encoded: _Encoded, command: Command, score: float,
+             references: list[list[int]], reference_scores: list[float]) -> float:
+        """ln p(command | audio) - ln p(best free transcript | audio) (<= 0).
+
+        A misheard verb (espeak's "segment" is heard as "admin to") should not sink a
+        category that was heard right. When the end of the free transcript sounds like the
+        category (``rescue_similarity``), the *hybrid* sentence, what was heard before the
+        category followed by the category ("admin to the blue hose"), splits the ratio into
+        a category part (hybrid vs transcript) and a verb part (command vs hybrid), and the
+        verb part counts with ``verb_weight``. Only when the hybrid explains the audio better
+        than the command; otherwise, and for anything whose end does not sound like the
+        category ("the cable guy is late" -> cable), the whole sentence counts."""
+        if not references:
+            return 0.0
+        ref = int(np.argmax(reference_scores))
+        whole = min(0.0, score - reference_scores[ref])
+        s = self.settings
+        if s.verb_weight >= 1.0 or whole == 0.0:
+            return whole
+        heard = transcript_words(self.tokenizer.decode(references[ref]))
+        head = heard_head(heard, command.category)
+        if self.index.similarity(heard[len(head):], command.category) < s.rescue_similarity:
+            return whole
+        hybrid = self._score(encoded, [self.tokenizer.encode(
+            sentence(" ".join([*head, command.category])))])[0]
+        if hybrid <= score:
+            return whole
+        return min(0.0, s.verb_weight * whole + (1.0 - s.verb_weight) * (
+            hybrid - reference_scores[ref]))
 
     def _score(self, encoded: _Encoded, sequences: list[list[int]]) -> list[float]:
         """ln p(sequence | audio) of each token sequence under Whisper's decoder (forced
