@@ -5,12 +5,34 @@ The harness is imported in the functions: tests that only need REPO do not load 
 """
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+_OWN_PROCESS = "TALK2SAM_TEST_IN_OWN_PROCESS"
+
+
+def in_own_process(test: Callable) -> Callable:
+    """Run `test` in a fresh pytest process: for tests that send signals to their own process.
+    The suite's process holds the threads of every native library earlier tests loaded, and a
+    signal sent to it after the OpenVINO tests crashed it (SIGSEGV); a real node with
+    runtime openvino exits cleanly on SIGINT (test_shutdown tests the node as its own process).
+    """
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        if os.environ.get(_OWN_PROCESS) == test.__name__:
+            return test(*args, **kwargs)
+        node_id = f"{Path(test.__code__.co_filename).resolve()}::{test.__name__}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node_id],
+            env={**os.environ, _OWN_PROCESS: test.__name__}, capture_output=True, text=True,
+            timeout=300, cwd=REPO)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return run
 
 
 def spin_until(executor, done: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:

@@ -8,6 +8,7 @@ import os
 import signal
 
 import pytest
+from rosutil import in_own_process
 
 from talk2sam_ros.common.cli import CliParser, UsageError, run_cli
 
@@ -40,6 +41,7 @@ def test_bad_options_are_one_line_and_exit_2(capsys):
     assert done.value.code == 0 and "--mode" in capsys.readouterr().out
 
 
+@in_own_process
 def test_interrupts_and_sigterm_exit_130_and_restore_the_handlers(capsys):
     before = signal.getsignal(signal.SIGTERM)
 

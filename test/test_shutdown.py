@@ -19,7 +19,7 @@ import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from node_harness import Client, ros_environment, sample_picture
-from rosutil import REPO, spin_until
+from rosutil import REPO, in_own_process, spin_until
 
 EXIT_TIMEOUT = 90.0  # teardown + interpreter exit (freeing torch) on a loaded 2-core machine
 
@@ -130,6 +130,7 @@ def _spin_once_counter(calls: list, fail_after: int | None = None):
     return spin_once
 
 
+@in_own_process
 def test_signals_are_recorded_not_raised_and_the_handlers_come_back():
     from talk2sam_ros.common.shutdown import ShutdownSignals
 
@@ -146,6 +147,7 @@ def test_signals_are_recorded_not_raised_and_the_handlers_come_back():
     assert signal.getsignal(signal.SIGINT) is previous
 
 
+@in_own_process
 def test_a_signal_during_start_up_raises_keyboard_interrupt_once():
     from talk2sam_ros.common.shutdown import ShutdownSignals
 
@@ -162,6 +164,7 @@ def test_a_signal_during_start_up_raises_keyboard_interrupt_once():
                 pass
 
 
+@in_own_process
 def test_spin_ends_on_a_signal_and_on_shutdown_but_raises_other_errors():
     from talk2sam_ros.common.shutdown import ShutdownSignals
 
