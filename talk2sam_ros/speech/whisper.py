@@ -7,16 +7,19 @@ whisper``. Per utterance (16 kHz int16 from the endpointer, see recognizer.py):
 2. **n-best transcripts**: beam search twice on that encoding, once with the vocabulary as
    Whisper's prompt (previous-text context: it biases the decoder towards our words and their
    spelling) and once without (so a prompt word cannot be the only evidence).
-3. **Candidates**: the grammar commands nearest in spelling to those transcripts
+3. **Candidates**: the grammar commands nearest in sound (CMU phones) to those transcripts
    (:class:`talk2sam_ros.speech.grammar.CommandIndex`).
 4. **Rescoring**: Whisper's decoder gives every candidate sentence its log-probability given
-   the audio (CTranslate2 ``align``: forced decoding, no prompt), and the best one is the
+   the audio (CTranslate2 ``align``: forced decoding, no prompt). Each category is ranked by
+   its best sentence's score, minus its phone distance to the transcripts and plus the share
+   of n-best transcripts that have it nearest (:func:`rank_categories`); the best is the
    command. Its category (adjectives + object) is always one of the vocabulary's.
 5. **Confidence**: the candidate is compared with the best free transcript scored the same
    way: ``llr = ln p(command | audio) - ln p(free transcript | audio)`` (<= 0 when the free
-   transcript is the better explanation), ``confidence = exp(llr / confidence_scale)``, capped
-   at 1. Speech that is a command scores near 1; other speech has to be forced onto the grammar
-   and scores far lower (docs/speech.md has the measured distributions).
+   transcript is the better explanation), plus a capped bonus for its lead over the next
+   category, ``confidence = exp(llr / confidence_scale)``, capped at 1. Speech that is a
+   command scores near 1; other speech has to be forced onto the grammar and scores far lower
+   (docs/speech.md has the measured distributions).
 
 ``mode: open`` transcribes without prompt and searches the category in the text (for
 comparison, like the pocketsphinx backend's open mode).
@@ -28,6 +31,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +80,17 @@ class DecodeSettings:
     # 1 = the whole sentence always counts.
     verb_weight: float = 0.5
     rescue_similarity: float = 80.0
+    # Choice among the candidates' categories (all in nats, added to the decoder's score;
+    # fixed on a dev set of other noise seeds, docs/speech.md): minus phone_weight per point
+    # of phone distance (0..100) to the nearest n-best transcript, plus vote_weight times the
+    # share of n-best transcripts whose nearest command has this category. 0, 0 = the
+    # decoder's score alone.
+    phone_weight: float = 0.5
+    vote_weight: float = 3.0
+    # Confidence: margin_weight times the lead of the chosen category over the runner-up
+    # (combined score, capped at margin_cap nats) is added to the likelihood ratio.
+    margin_weight: float = 0.3
+    margin_cap: float = 10.0
 
 
 def transcript_words(text: str) -> list[str]:
@@ -219,7 +234,7 @@ class WhisperRecognizer:
         if self.index is None:
             return self._open(words, matched, encoded, free, base)
         transcripts = free + self._beam(encoded, self._prompted)
-        candidates = self._candidates(transcripts)
+        candidates, evidence = self._candidates(transcripts)
         if not words and not candidates:
             return Recognition("", "", 0.0, (), False, "nothing recognised", **base)
         if not candidates:
@@ -231,16 +246,21 @@ class WhisperRecognizer:
         references = [t for t in (free[:1] + transcripts[len(free):len(free) + 1]) if t]
         scores = self._score(encoded, [self.tokenizer.encode(sentence(c.text))
                                        for c in candidates] + references)
-        best = int(np.argmax(scores[:len(candidates)]))
+        ranking = rank_categories(candidates, scores[:len(candidates)], evidence,
+                                  self.settings)
+        best = ranking[0][1]
         command = candidates[best]
         llr = self._llr(encoded, command, scores[best], references, scores[len(candidates):])
+        # A clear lead over the next category is evidence too (capped: it cannot make an
+        # out-of-grammar sentence, whose ratio is tens of nats down, a command).
+        lead = ranking[0][0] - ranking[1][0] if len(ranking) > 1 else math.inf
+        llr = min(0.0, llr + self.settings.margin_weight * min(lead, self.settings.margin_cap))
         confidence = float(math.exp(llr / self.config.whisper_confidence_scale))
         accepted = confidence >= self.config.min_confidence
         reason = "" if accepted else (
             f"low confidence {confidence:.2f} < min_confidence {self.config.min_confidence:.2f}"
             f": heard {text!r}, nearest command {command.text!r}")
-        ranked = sorted(range(len(candidates)), key=lambda i: -scores[i])
-        alternatives = tuple(dict.fromkeys(candidates[i].category for i in ranked))
+        alternatives = tuple(candidates[i].category for _, i in ranking)
         return Recognition(text, command.category if accepted else "", confidence, matched,
                            accepted, reason, candidate=command.category,
                            alternatives=alternatives, **base)
@@ -270,18 +290,32 @@ class WhisperRecognizer:
             max_length=len(prompt) + MAX_NEW_TOKENS)[0]
         return [list(seq) for seq in result.sequences_ids if seq]
 
-    def _candidates(self, transcripts: list[list[int]]) -> list[Command]:
+    def _candidates(self, transcripts: list[list[int]]
+                    ) -> tuple[list[Command], dict[str, Evidence]]:
+        """The commands nearest (in phones) to the n-best transcripts, nearest first, and
+        per category the sound evidence of the whole n-best list (see Evidence)."""
         s = self.settings
         costs: dict[Command, float] = {}
-        seen: set[tuple[str, ...]] = set()
+        votes: dict[str, int] = {}
+        nearest: dict[tuple[str, ...], list[tuple[Command, float]]] = {}
         for tokens in transcripts:
             words = tuple(transcript_words(self.tokenizer.decode(tokens)))
-            if len(words) < 2 or words in seen:
+            if len(words) < 2:
                 continue
-            seen.add(words)
-            for command, cost in self.index.nearest(words, s.per_transcript):
-                costs[command] = min(costs.get(command, math.inf), cost)
-        return sorted(costs, key=costs.__getitem__)[:s.max_candidates]
+            if words not in nearest:  # the same words in another spelling: same neighbours
+                nearest[words] = self.index.nearest(words, s.per_transcript)
+                for command, cost in nearest[words]:
+                    costs[command] = min(costs.get(command, math.inf), cost)
+            near = nearest[words]
+            # Every hypothesis votes for its nearest category (ties: each of them).
+            for category in {c.category for c, cost in near if cost <= near[0][1]}:
+                votes[category] = votes.get(category, 0) + 1
+        chosen = sorted(costs, key=costs.__getitem__)[:s.max_candidates]
+        evidence = {c.category: Evidence(min(costs[d] for d in chosen
+                                             if d.category == c.category),
+                                         votes.get(c.category, 0) / max(len(transcripts), 1))
+                    for c in chosen}
+        return chosen, evidence
 
     def _llr(self, encoded: _Encoded, command: Command, score: float,
              references: list[list[int]], reference_scores: list[float]) -> float:
@@ -343,6 +377,30 @@ class WhisperRecognizer:
                                       f"{self.config.min_confidence:.2f}: {text!r}")
         return Recognition(text, parsed.category if accepted else "", confidence, matched,
                            accepted, reason, candidate=parsed.category, **base)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the n-best transcripts say about one category, besides the decoder's score."""
+
+    phone_cost: float  # phone distance of its nearest command to a transcript (0..100)
+    votes: float  # share of the n-best transcripts whose nearest command has this category
+
+
+def rank_categories(candidates: Sequence[Command], scores: Sequence[float],
+                    evidence: Mapping[str, Evidence], settings: DecodeSettings
+                    ) -> list[tuple[float, int]]:
+    """(combined score, index of its best-scored command) per category, best first: the
+    decoder's log-probability of the category's best command - phone_weight x its phone cost
+    + vote_weight x its votes."""
+    best: dict[str, int] = {}
+    for i, command in enumerate(candidates):
+        j = best.get(command.category)
+        if j is None or scores[i] > scores[j]:
+            best[command.category] = i
+    ranking = [(scores[i] - settings.phone_weight * evidence[c].phone_cost
+                + settings.vote_weight * evidence[c].votes, i) for c, i in best.items()]
+    return sorted(ranking, key=lambda r: -r[0])
 
 
 def vocabulary_prompt(vocab: Vocabulary) -> str:
