@@ -55,11 +55,13 @@ def _assert_clean_exit(proc: subprocess.Popen, tmp: Path) -> None:
         os.killpg(proc.pid, 0)
 
 
-def _segmentation_node(tmp: Path, domain: int, busy: bool):
-    """The node, active, and (busy) its worker in the middle of a 60 s frame."""
+def _segmentation_node(tmp: Path, domain: int, busy: bool, *params: str):
+    """The node, active, and (busy) its worker in the middle of a 60 s frame; params: more
+    `name:=value` parameters."""
+    extra = [arg for param in params for arg in ("-p", param)]
     proc = _start("talk2sam_ros.ros.node", tmp, domain, "-p", "preset:=tiny",
                   "-p", "diagnostics_period_s:=0.2", "-p", "worker_stop_timeout_s:=5.0",
-                  "-p", f"debug_delay_ms:={60000 if busy else 0}")
+                  "-p", f"debug_delay_ms:={60000 if busy else 0}", *extra)
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain)
     client = Client(context)
@@ -95,6 +97,16 @@ def test_a_second_signal_while_an_idle_node_tears_down_exits_cleanly(second, tmp
     second SIGINT, or launch's SIGTERM, during either is harmless."""
     proc = _segmentation_node(tmp_path, ros_domain, busy=False)
     _signal_group(proc, signal.SIGINT, second, 0.05)
+    _assert_clean_exit(proc, tmp_path)
+
+
+def test_two_sigints_stop_a_node_whose_encoders_run_in_openvino(tmp_path, ros_domain):
+    """OpenVINO's native thread pool is alive in the node: the signals must still end it
+    cleanly (in the test suite's own process, a signal after OpenVINO crashed it)."""
+    pytest.importorskip("openvino")
+    proc = _segmentation_node(tmp_path, ros_domain, True, "runtime:=openvino",
+                              f"export_dir:={tmp_path / 'exports'}")
+    _signal_group(proc, signal.SIGINT, signal.SIGINT, 0.05)
     _assert_clean_exit(proc, tmp_path)
 
 
