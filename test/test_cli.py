@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import pytest
 from rosutil import in_own_process
@@ -113,3 +114,30 @@ def test_say_to_prompt_bad_option_and_missing_or_broken_files(tmp_path, capsys):
     not_wav.write_text("not audio")
     assert cli.main([str(not_wav)]) == 1
     assert "notes.wav" in one_error_line(capsys.readouterr().err, prog)
+
+
+class _Writes:
+    """A stderr that keeps each write call (the unit that another process cannot split)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_the_error_line_is_one_write(monkeypatch):
+    """torchrun's ranks share one stderr: a line written in two parts (text, newline) was
+    spliced with the other rank's line in CI."""
+    writes = _Writes()
+    monkeypatch.setattr(sys, "stderr", writes)
+
+    def body() -> int:
+        raise OSError("disk full")
+
+    assert run_cli("tool", body, (OSError,)) == 1
+    assert writes.calls == ["tool: error: disk full\n"]

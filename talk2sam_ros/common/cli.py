@@ -86,6 +86,13 @@ def interrupt_on_termination() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _say(line: str) -> None:
+    """`line` and its newline in one write: processes sharing a stderr (torchrun's ranks) then
+    cannot splice their lines together, as print's two writes can when stderr is unbuffered."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def run_cli(prog: str, body: Callable[[], int], errors: tuple[type[BaseException], ...],
             level: int = logging.INFO, interrupted: str = "interrupted") -> int:
     """Run a console tool's `body` with cli_logging and interrupt_on_termination.
@@ -99,11 +106,11 @@ def run_cli(prog: str, body: Callable[[], int], errors: tuple[type[BaseException
         with cli_logging(level), interrupt_on_termination():
             return body()
     except UsageError as exc:
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        _say(f"{prog}: error: {one_line(exc)}")
         return EXIT_USAGE
     except errors as exc:
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        _say(f"{prog}: error: {one_line(exc)}")
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"{prog}: {interrupted}", file=sys.stderr)
+        _say(f"{prog}: {interrupted}")
         return EXIT_INTERRUPTED
