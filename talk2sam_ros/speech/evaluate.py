@@ -236,25 +236,32 @@ def decode_items(items: Sequence[SpokenItem], vocab: Vocabulary, mode: str,
     return decoded.published, decoded.candidates
 
 
+# Earlier defaults, for comparison in the same run: the third round's (one encoding, phone
+# distance in the choice, no length bonus), the second round's (the decoder's score alone
+# chooses), the first round's (candidates by spelling, the confidence over the whole
+# sentence).
+_THIRD = {"shifts": (0,), "phone_weight": 0.5, "length_bonus": 0.0, "margin_cap": 10.0}
+_SECOND = {**_THIRD, "phone_weight": 0.0, "vote_weight": 0.0, "margin_weight": 0.0}
 # name -> (recogniser config, Whisper decode settings or None for the defaults): the rows of
-# the tables. "whisper-forced" is the second round's default (the decoder's score alone
-# chooses), "whisper-spelling" the first round's (candidates by spelling, the confidence over
-# the whole sentence), for comparison in the same run.
+# the tables.
 SYSTEMS: dict[str, tuple[RecognizerConfig, dict | None]] = {
     "whisper": (RecognizerConfig(), None),
-    "whisper-forced": (RecognizerConfig(), {"phone_weight": 0.0, "vote_weight": 0.0,
-                                            "margin_weight": 0.0}),
-    "whisper-spelling": (RecognizerConfig(), {"by_sound": False, "verb_weight": 1.0,
-                                              "phone_weight": 0.0, "vote_weight": 0.0,
-                                              "margin_weight": 0.0}),
-    "whisper-nearest": (RecognizerConfig(), {"rescore": False}),
+    "whisper-two": (RecognizerConfig(), {**_THIRD, "shifts": (0, 80)}),
+    "whisper-one": (RecognizerConfig(), _THIRD),
+    "whisper-forced": (RecognizerConfig(), _SECOND),
+    "whisper-spelling": (RecognizerConfig(), {**_SECOND, "by_sound": False,
+                                              "verb_weight": 1.0}),
+    "whisper-nearest": (RecognizerConfig(), {**_THIRD, "rescore": False}),
     "whisper-open": (RecognizerConfig(mode="open"), None),
     "pocketsphinx": (RecognizerConfig(backend="pocketsphinx"), None),
     "pocketsphinx-open": (RecognizerConfig(backend="pocketsphinx", mode="open"), None),
 }
 DESCRIPTIONS = {
-    "whisper": "whisper, constrained (prompt + n-best + candidates by sound + decoder "
-               "rescoring + sound and votes; default)",
+    "whisper": "whisper, constrained (two encodings, prompt + n-best + candidates by sound "
+               "+ decoder rescoring + votes and length bonus; default)",
+    "whisper-two": "whisper, two encodings, third round's choice (phone distance and votes, "
+                   "no length bonus)",
+    "whisper-one": "whisper, third round (one encoding, phone distance and votes)",
     "whisper-forced": "whisper, second round (the decoder's score alone chooses)",
     "whisper-spelling": "whisper, first round (candidates by spelling, whole-sentence "
                         "confidence)",

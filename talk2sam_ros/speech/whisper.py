@@ -3,14 +3,16 @@
 ROS-free; built by :func:`talk2sam_ros.speech.backends.build_recognizer` for ``backend:
 whisper``. Per utterance (16 kHz int16 from the endpointer, see recognizer.py):
 
-1. The 30-s log-mel window is encoded once.
-2. **n-best transcripts**: beam search twice on that encoding, once with the vocabulary as
+1. The 30-s log-mel window is encoded twice: as recorded, and started half a mel frame
+   (5 ms) later. The same speech seen through other frames gives other transcripts in noise.
+2. **n-best transcripts**: beam search twice on each encoding, once with the vocabulary as
    Whisper's prompt (previous-text context: it biases the decoder towards our words and their
    spelling) and once without (so a prompt word cannot be the only evidence).
 3. **Candidates**: the grammar commands nearest in sound (CMU phones) to those transcripts
    (:class:`talk2sam_ros.speech.grammar.CommandIndex`).
 4. **Rescoring**: Whisper's decoder gives every candidate sentence its log-probability given
-   the audio (CTranslate2 ``align``: forced decoding, no prompt). Each category is ranked by
+   the audio (CTranslate2 ``align``: forced decoding, no prompt; the mean over the
+   encodings). Each category is ranked by
    its best sentence's score, minus its phone distance to the transcripts and plus the share
    of n-best transcripts that have it nearest (:func:`rank_categories`); the best is the
    command. Its category (adjectives + object) is always one of the vocabulary's.
@@ -65,10 +67,19 @@ class _Encoded:
     speech_frames: np.ndarray  # (1, frames, d_model): the speech + margin (rescoring)
 
 
+_Encodings = tuple[_Encoded, ...]  # one utterance, one per DecodeSettings.shifts
+
+
 @dataclass(frozen=True)
 class DecodeSettings:
     """Search sizes (not node parameters: chosen by measurement, docs/speech.md)."""
 
+    # Encodings of each utterance: the audio started this many samples later (16 kHz;
+    # Whisper's mel hop is 160, so 80 is half a frame). Every encoding's n-best transcripts
+    # give candidates, and a sentence's score is its mean over the encodings. Measured on
+    # the dev set: (0,) -> (0, 80) white 97 -> 102 of 120 right, babble 105 -> 105; decoding
+    # x2 (docs/speech.md). (0,) = one encoding.
+    shifts: tuple[int, ...] = (0, 80)
     beam_size: int = 5
     n_best: int = 5  # transcripts kept per beam search
     per_transcript: int = 8  # nearest commands taken per transcript
@@ -83,14 +94,26 @@ class DecodeSettings:
     # Choice among the candidates' categories (all in nats, added to the decoder's score;
     # fixed on a dev set of other noise seeds, docs/speech.md): minus phone_weight per point
     # of phone distance (0..100) to the nearest n-best transcript, plus vote_weight times the
-    # share of n-best transcripts whose nearest command has this category. 0, 0 = the
-    # decoder's score alone.
-    phone_weight: float = 0.5
+    # share of n-best transcripts whose nearest command has this category, plus
+    # length_bonus per token of the command (a sentence's log-probability falls with every
+    # token, so in noise the decoder prefers a command without an adjective said). 0, 0, 0 =
+    # the decoder's score alone.
+    # Dev set: length_bonus 0 -> 3 (and phone_weight 0.5 -> 0, redundant with it) white
+    # 102 / 9 -> 103 / 7, babble 105 / 14 -> 107 / 11 right / wrong of 120 (docs/speech.md).
+    phone_weight: float = 0.0
     vote_weight: float = 3.0
+    length_bonus: float = 3.0
     # Confidence: margin_weight times the lead of the chosen category over the runner-up
-    # (combined score, capped at margin_cap nats) is added to the likelihood ratio.
+    # (combined score, capped at margin_cap nats) is added to the likelihood ratio. Cap 10
+    # -> 6: the same dev figures, and "the cable guy is late" (a category said clearly
+    # inside other speech, lead 15 nats) 0.49 -> 0.46, further from min_confidence 0.5.
     margin_weight: float = 0.3
-    margin_cap: float = 10.0
+    margin_cap: float = 6.0
+
+    def __post_init__(self) -> None:
+        if not self.shifts or any(int(x) != x or x < 0 for x in self.shifts):
+            raise ValueError(f"shifts must be one or more sample counts >= 0, not "
+                             f"{self.shifts!r}")
 
 
 def transcript_words(text: str) -> list[str]:
@@ -244,10 +267,10 @@ class WhisperRecognizer:
             candidates = candidates[:1]
         # The free references: the best transcript of each search, scored like the commands.
         references = [t for t in (free[:1] + transcripts[len(free):len(free) + 1]) if t]
-        scores = self._score(encoded, [self.tokenizer.encode(sentence(c.text))
-                                       for c in candidates] + references)
+        sequences = [self.tokenizer.encode(sentence(c.text)) for c in candidates]
+        scores = self._score(encoded, sequences + references)
         ranking = rank_categories(candidates, scores[:len(candidates)], evidence,
-                                  self.settings)
+                                  self.settings, [len(q) for q in sequences])
         best = ranking[0][1]
         command = candidates[best]
         llr = self._llr(encoded, command, scores[best], references, scores[len(candidates):])
@@ -266,7 +289,11 @@ class WhisperRecognizer:
                            alternatives=alternatives, **base)
 
     # ------------------------------------------------------------------ steps
-    def _encode(self, samples: np.ndarray) -> _Encoded:
+    def _encode(self, samples: np.ndarray) -> _Encodings:
+        return tuple(self._encode_one(samples[shift:] if len(samples) > shift else samples)
+                     for shift in self.settings.shifts)
+
+    def _encode_one(self, samples: np.ndarray) -> _Encoded:
         import ctranslate2
         from faster_whisper.audio import pad_or_trim
 
@@ -282,13 +309,17 @@ class WhisperRecognizer:
         keep = int((len(samples) / SAMPLE_RATE + CONTEXT_MARGIN_S) * ENCODER_FRAMES_PER_S)
         return _Encoded(view, frames[:, :min(keep, frames.shape[1])])
 
-    def _beam(self, encoded: _Encoded, prompt: list[int]) -> list[list[int]]:
-        """n-best token sequences of a beam search (empty ones dropped)."""
+    def _beam(self, encoded: _Encodings, prompt: list[int]) -> list[list[int]]:
+        """n-best token sequences of a beam search on each encoding, the first encoding's
+        first; empty and repeated ones dropped."""
         s = self.settings
-        result = self.model.model.generate(
-            encoded.view, [prompt], beam_size=s.beam_size, num_hypotheses=s.n_best,
-            max_length=len(prompt) + MAX_NEW_TOKENS)[0]
-        return [list(seq) for seq in result.sequences_ids if seq]
+        sequences: list[list[int]] = []
+        for one in encoded:
+            result = self.model.model.generate(
+                one.view, [prompt], beam_size=s.beam_size, num_hypotheses=s.n_best,
+                max_length=len(prompt) + MAX_NEW_TOKENS)[0]
+            sequences += [list(q) for q in result.sequences_ids if q and list(q) not in sequences]
+        return sequences
 
     def _candidates(self, transcripts: list[list[int]]
                     ) -> tuple[list[Command], dict[str, Evidence]]:
@@ -317,7 +348,7 @@ class WhisperRecognizer:
                     for c in chosen}
         return chosen, evidence
 
-    def _llr(self, encoded: _Encoded, command: Command, score: float,
+    def _llr(self, encoded: _Encodings, command: Command, score: float,
              references: list[list[int]], reference_scores: list[float]) -> float:
         """ln p(command | audio) - ln p(best free transcript | audio) (<= 0).
 
@@ -347,9 +378,14 @@ class WhisperRecognizer:
         return min(0.0, s.verb_weight * whole + (1.0 - s.verb_weight) * (
             hybrid - reference_scores[ref]))
 
-    def _score(self, encoded: _Encoded, sequences: list[list[int]]) -> list[float]:
-        """ln p(sequence | audio) of each token sequence under Whisper's decoder (forced
-        decoding; align() needs one copy of the encoder output per sequence)."""
+    def _score(self, encoded: _Encodings, sequences: list[list[int]]) -> list[float]:
+        """ln p(sequence | audio) of each token sequence under Whisper's decoder, the mean
+        over the encodings."""
+        return list(np.mean([self._score_one(one, sequences) for one in encoded], axis=0))
+
+    def _score_one(self, encoded: _Encoded, sequences: list[list[int]]) -> list[float]:
+        """ln p(sequence | audio) on one encoding (forced decoding; align() needs one copy
+        of the encoder output per sequence)."""
         import ctranslate2
 
         frames = encoded.speech_frames
@@ -359,7 +395,7 @@ class WhisperRecognizer:
                                          [frames.shape[1]] * len(sequences))
         return [float(np.sum(np.log(np.maximum(r.text_token_probs, 1e-30)))) for r in results]
 
-    def _open(self, words: list[str], matched: tuple[str, ...], encoded: _Encoded,
+    def _open(self, words: list[str], matched: tuple[str, ...], encoded: _Encodings,
               free: list[list[int]], base: dict
               ) -> Recognition:
         """Open vocabulary: the category searched in the free transcript."""
@@ -388,11 +424,13 @@ class Evidence:
 
 
 def rank_categories(candidates: Sequence[Command], scores: Sequence[float],
-                    evidence: Mapping[str, Evidence], settings: DecodeSettings
-                    ) -> list[tuple[float, int]]:
-    """(combined score, index of its best-scored command) per category, best first: the
-    decoder's log-probability of the category's best command - phone_weight x its phone cost
-    + vote_weight x its votes."""
+                    evidence: Mapping[str, Evidence], settings: DecodeSettings,
+                    lengths: Sequence[int] | None = None) -> list[tuple[float, int]]:
+    """(combined score, index of its best command) per category, best first: the decoder's
+    log-probability of the category's best command + length_bonus x its tokens (`lengths`;
+    none: no bonus) - phone_weight x its phone cost + vote_weight x its votes."""
+    scores = [score + settings.length_bonus * n for score, n in
+              zip(scores, lengths or [0] * len(scores), strict=True)]
     best: dict[str, int] = {}
     for i, command in enumerate(candidates):
         j = best.get(command.category)
