@@ -12,10 +12,11 @@ whisper``. Per utterance (16 kHz int16 from the endpointer, see recognizer.py):
    (:class:`talk2sam_ros.speech.grammar.CommandIndex`).
 4. **Rescoring**: Whisper's decoder gives every candidate sentence its log-probability given
    the audio (CTranslate2 ``align``: forced decoding, no prompt; the mean over the
-   encodings). Each category is ranked by
-   its best sentence's score, minus its phone distance to the transcripts and plus the share
-   of n-best transcripts that have it nearest (:func:`rank_categories`); the best is the
-   command. Its category (adjectives + object) is always one of the vocabulary's.
+   encodings). Each category is ranked by its best sentence's score plus a bonus per token
+   (the decoder's score falls with every token, so in noise it prefers a command without
+   an adjective that was said) and the share of n-best transcripts that have it nearest
+   (:func:`rank_categories`); the best is the command. Its category (adjectives + object)
+   is always one of the vocabulary's.
 5. **Confidence**: the candidate is compared with the best free transcript scored the same
    way: ``llr = ln p(command | audio) - ln p(free transcript | audio)`` (<= 0 when the free
    transcript is the better explanation), plus a capped bonus for its lead over the next
