@@ -278,6 +278,7 @@ def test_open_mode_transcribes_and_finds_the_category_in_the_text(vocab, command
     item = commands[0]  # "pick up the black cable", clear in every voice
     r = list(SpeechPipeline(rec).run(item.samples, item.rate))[0]
     assert "cable" in r.transcript.split() and r.candidate.endswith("cable")
+    assert len(rec._encode(to_int16(item.samples))) == 1  # the transcript needs one encoding
 
 
 # ---------------------------------------------------------------- CLI

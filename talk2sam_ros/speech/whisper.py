@@ -291,8 +291,10 @@ class WhisperRecognizer:
 
     # ------------------------------------------------------------------ steps
     def _encode(self, samples: np.ndarray) -> _Encodings:
+        # Open mode reads the first encoding's transcript only: more would be dead work.
+        shifts = self.settings.shifts if self.index is not None else self.settings.shifts[:1]
         return tuple(self._encode_one(samples[shift:] if len(samples) > shift else samples)
-                     for shift in self.settings.shifts)
+                     for shift in shifts)
 
     def _encode_one(self, samples: np.ndarray) -> _Encoded:
         import ctranslate2
